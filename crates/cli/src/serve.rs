@@ -1,0 +1,129 @@
+//! `ferry serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use ferry_server::{Server, ServerConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+
+    /// Directory for stored objects, upload sessions and the server's secrets.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "./ferry-data")]
+    data_dir: PathBuf,
+
+    /// Bearer token clients must send (repeat for several). Without one, a token is generated on
+    /// first start, kept in the data dir and printed.
+    #[arg(long = "token", env = "FERRY_TOKEN", value_delimiter = ',')]
+    tokens: Vec<String>,
+
+    /// Base URL clients reach this server at; signed URLs are built from it. Default: the listen
+    /// address.
+    #[arg(long, env = "FERRY_PUBLIC_URL")]
+    public_url: Option<String>,
+
+    /// Lifetime of signed part and object URLs (e.g. 1h, 15m, 90s).
+    #[arg(long, env = "FERRY_URL_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    url_ttl: Duration,
+
+    /// Uploads not completed within this time expire and their parts are deleted.
+    #[arg(long, env = "FERRY_SESSION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    session_ttl: Duration,
+
+    /// Largest object accepted (e.g. 5TiB, 100GiB).
+    #[arg(long, env = "FERRY_MAX_OBJECT_SIZE", default_value = "5TiB", value_parser = parse_size)]
+    max_object_size: u64,
+
+    /// How often to look for expired uploads. Default: a tenth of the session TTL, between 1 s and 1 min.
+    #[arg(long, env = "FERRY_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
+    sweep_interval: Option<Duration>,
+
+    /// A part body that sends nothing for this long is abandoned.
+    #[arg(long, env = "FERRY_BODY_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    body_idle_timeout: Duration,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    ferry_core::units::parse_size(s).map_err(|e| e.to_string())
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.tokens.iter().any(|t| t.trim().is_empty()) {
+        bail!("--token must not be empty");
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let public_url = match &args.public_url {
+        Some(url) => url.clone(),
+        None if local.ip().is_unspecified() => {
+            tracing::warn!(
+                "listening on every interface: signed URLs will name 127.0.0.1; set --public-url to the address clients use"
+            );
+            format!("http://127.0.0.1:{}", local.port())
+        }
+        None => format!("http://{local}"),
+    };
+    if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+        bail!("--public-url must start with http:// or https://");
+    }
+    let mut config = ServerConfig::new(&args.data_dir, public_url.clone());
+    config.tokens = args.tokens.clone();
+    config.url_ttl = args.url_ttl;
+    config.session_ttl = args.session_ttl;
+    config.max_object_size = args.max_object_size;
+    config.body_idle_timeout = args.body_idle_timeout;
+    config.sweep_interval = args.sweep_interval.unwrap_or_else(|| {
+        (args.session_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    });
+    if config.sweep_interval.is_zero() || config.url_ttl.is_zero() || config.session_ttl.is_zero() {
+        bail!("durations must be longer than zero");
+    }
+    let server = Server::open(config)
+        .with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;
+
+    println!(
+        "ferry serve: listening on {public_url} (data in {})",
+        args.data_dir.display()
+    );
+    if args.tokens.is_empty() {
+        let token = server.tokens().first().cloned().unwrap_or_default();
+        println!("token kept in {}", args.data_dir.join("token").display());
+        println!("upload with:  ferry put FILE --server {public_url} --token {token}");
+    }
+    server
+        .serve(listener, shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+}

@@ -1,0 +1,273 @@
+//! The JSON bodies of the control-plane API v1 (see DESIGN.md). Server and client share these
+//! definitions so the contract has one spelling. Unknown fields are ignored for forward
+//! compatibility; missing optional fields are omitted, not sent as `null`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The phases of an upload session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadState {
+    Uploading,
+    Completed,
+    Cancelled,
+    Expired,
+    Failed,
+}
+
+impl UploadState {
+    pub const ALL: [UploadState; 5] = [
+        UploadState::Uploading,
+        UploadState::Completed,
+        UploadState::Cancelled,
+        UploadState::Expired,
+        UploadState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadState::Uploading => "uploading",
+            UploadState::Completed => "completed",
+            UploadState::Cancelled => "cancelled",
+            UploadState::Expired => "expired",
+            UploadState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UploadState> {
+        UploadState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// `POST /v1/uploads`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateUpload {
+    pub name: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<u64>,
+    /// Hex SHA-256 of the whole file, checked at `complete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+}
+
+/// A signed URL for one part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartUrl {
+    pub part_number: u32,
+    pub offset: u64,
+    pub size: u64,
+    pub url: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Answer to `POST /v1/uploads` (201).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedUpload {
+    pub upload_id: String,
+    pub key: String,
+    pub size: u64,
+    pub part_size: u64,
+    pub part_count: u32,
+    pub parts: Vec<PartUrl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_url: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `POST /v1/uploads/{id}/parts/sign`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignParts {
+    pub part_numbers: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedParts {
+    pub parts: Vec<PartUrl>,
+}
+
+/// `POST /v1/uploads/{id}/parts/{n}/done`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartDone {
+    pub etag: String,
+    pub size: u64,
+}
+
+/// A part the server holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    pub part_number: u32,
+    pub size: u64,
+    /// Quoted, as HTTP sends it.
+    pub etag: String,
+}
+
+/// A stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Quoted, as HTTP sends it.
+    pub etag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_modified: OffsetDateTime,
+}
+
+/// `GET /v1/uploads/{id}`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadStatus {
+    pub upload_id: String,
+    pub key: String,
+    pub name: String,
+    pub state: UploadState,
+    pub size: u64,
+    pub part_size: u64,
+    pub part_count: u32,
+    pub parts: Vec<PartInfo>,
+    pub bytes_received: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ObjectInfo>,
+}
+
+/// One entry of `GET /v1/uploads`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadSummary {
+    pub upload_id: String,
+    pub key: String,
+    pub state: UploadState,
+    pub size: u64,
+    pub part_count: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadList {
+    pub uploads: Vec<UploadSummary>,
+}
+
+/// `POST /v1/uploads/{id}/complete`; an empty body means "no ETags to check".
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Complete {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<CompletePart>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletePart {
+    pub part_number: u32,
+    pub etag: String,
+}
+
+/// `POST /v1/objects/{key}/sign`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedUrl {
+    pub url: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Every error: `{"error":{"code":"snake_case","message":"…"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// An ETag without its quotes or weak marker, for comparing a quoted ETag with a bare one.
+pub fn bare_etag(etag: &str) -> &str {
+    let e = etag.trim();
+    let e = e.strip_prefix("W/").unwrap_or(e);
+    e.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(e)
+}
+
+/// Quotes an ETag for HTTP.
+pub fn quote_etag(etag: &str) -> String {
+    format!("\"{}\"", bare_etag(etag))
+}
+
+/// True when `s` is a lowercase or uppercase hex SHA-256.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_compare_quoted_or_bare() {
+        assert_eq!(bare_etag("\"abc\""), "abc");
+        assert_eq!(bare_etag("abc"), "abc");
+        assert_eq!(bare_etag("W/\"abc\""), "abc");
+        assert_eq!(bare_etag("\""), "\"");
+        assert_eq!(quote_etag("abc"), "\"abc\"");
+        assert_eq!(quote_etag("\"abc\""), "\"abc\"");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in UploadState::ALL {
+            assert_eq!(UploadState::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+        assert_eq!(UploadState::parse("done"), None);
+    }
+
+    #[test]
+    fn create_accepts_the_minimal_body_and_refuses_negative_sizes() {
+        let c: CreateUpload = serde_json::from_str(r#"{"name":"a","size":5,"extra":1}"#).unwrap();
+        assert_eq!((c.name.as_str(), c.size, c.part_size), ("a", 5, None));
+        assert!(serde_json::from_str::<CreateUpload>(r#"{"name":"a","size":-1}"#).is_err());
+        assert!(serde_json::from_str::<CreateUpload>(r#"{"name":"a","size":1e30}"#).is_err());
+    }
+
+    #[test]
+    fn sha256_hex_check() {
+        assert!(is_sha256_hex(&"a".repeat(64)));
+        assert!(!is_sha256_hex(&"a".repeat(63)));
+        assert!(!is_sha256_hex(&"g".repeat(64)));
+    }
+}

@@ -1,0 +1,42 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_core::plan::TIB;
+
+/// Everything `ferry serve` can be told. [`ServerConfig::new`] gives the embedded defaults.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Holds the embedded store, the URL-signing secret and the generated token.
+    pub data_dir: PathBuf,
+    /// Accepted bearer tokens; empty means "use the token kept in the data dir".
+    pub tokens: Vec<String>,
+    /// Base of every absolute URL handed out (signed part and object URLs), without a trailing `/`.
+    pub public_url: String,
+    /// Lifetime of signed URLs.
+    pub url_ttl: Duration,
+    /// Sessions not completed within this time expire.
+    pub session_ttl: Duration,
+    pub max_object_size: u64,
+    /// Largest JSON request body.
+    pub max_json_bytes: usize,
+    /// A part body that sends nothing for this long is abandoned.
+    pub body_idle_timeout: Duration,
+    /// How often expired sessions are looked for.
+    pub sweep_interval: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, public_url: impl Into<String>) -> ServerConfig {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            tokens: Vec::new(),
+            public_url: public_url.into().trim_end_matches('/').to_owned(),
+            url_ttl: Duration::from_secs(3600),
+            session_ttl: Duration::from_secs(24 * 3600),
+            max_object_size: 5 * TIB,
+            max_json_bytes: 1 << 20,
+            body_idle_timeout: Duration::from_secs(60),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The server's own secrets, kept in the data dir: the key that signs URLs and, when no token is
+//! configured, the generated bearer token. Both are created once, atomically, readable only by
+//! their owner.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+fn random_hex(bytes: usize) -> io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
+    Ok(hex::encode(buf))
+}
+
+/// Reads `name` from `dir`, or creates it with `make()` if absent. Returns the value and whether it
+/// was created now.
+fn load_or_create(
+    dir: &Path,
+    name: &str,
+    make: impl FnOnce() -> io::Result<String>,
+) -> io::Result<(String, bool)> {
+    let path = dir.join(name);
+    match fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_owned(), false)),
+        Ok(_) => {
+            return Err(io::Error::other(format!(
+                "{} is empty; delete it to have a new one made",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let value = make()?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(value.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    drop(f);
+    // hard_link refuses to replace, so two servers starting at once agree on one value.
+    match fs::hard_link(&tmp, &path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&tmp)?;
+            return Ok((fs::read_to_string(&path)?.trim().to_owned(), false));
+        }
+        Err(e) => return Err(e),
+    }
+    fs::remove_file(&tmp)?;
+    File::open(dir)?.sync_all()?;
+    Ok((value, true))
+}
+
+/// The URL-signing key.
+pub fn load_or_create_secret(dir: &Path) -> io::Result<Vec<u8>> {
+    let (hex_secret, _) = load_or_create(dir, "secret", || random_hex(32))?;
+    hex::decode(&hex_secret)
+        .map_err(|e| io::Error::other(format!("{}: {e}", dir.join("secret").display())))
+}
+
+/// The generated bearer token, and whether it was created now.
+pub fn load_or_create_token(dir: &Path) -> io::Result<(String, bool)> {
+    load_or_create(dir, "token", || random_hex(24))
+}

@@ -1,0 +1,701 @@
+//! Upload sessions: their record, the one function that moves them between states, and the
+//! operations on them. Every rule about what may happen to a session lives here.
+//!
+//! Records are kept in the store (`sessions/{id}`), re-read on every request, and written with a
+//! conditional put, so they are durable and there is no cache to go stale. Within this process a
+//! per-session lock pair orders the operations that must not interleave: part PUTs hold `parts`
+//! shared; `complete` holds `ops` and `parts` exclusively (so no part lands in an object being
+//! assembled); `cancel` and expiry hold `ops` only, so they never wait for a slow part body.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use ferry_core::api::{
+    CompletePart, CreateUpload, CreatedUpload, ObjectInfo, PartInfo, PartUrl, UploadState,
+    UploadStatus, UploadSummary, bare_etag, is_sha256_hex,
+};
+use ferry_core::key::normalize_key;
+use ferry_core::plan::PartPlan;
+use ferry_core::sign::{Scope, Signer};
+use ferry_store::{ByteStream, Condition, ObjectMeta, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::{Mutex as AsyncMutex, RwLock};
+
+use crate::AppState;
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// The durable record of one session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub upload_id: String,
+    pub key: String,
+    pub name: String,
+    pub size: u64,
+    pub part_size: u64,
+    pub part_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    pub state: UploadState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ObjectInfo>,
+}
+
+impl Session {
+    pub fn plan(&self) -> Result<PartPlan, ApiError> {
+        PartPlan::from_parts(self.size, self.part_size, self.part_count).ok_or_else(|| {
+            ApiError::internal(format!(
+                "session {} has an inconsistent plan",
+                self.upload_id
+            ))
+        })
+    }
+
+    /// The state as of `now`: an open session past its deadline is expired even before the sweeper
+    /// has recorded it.
+    pub fn state_at(&self, now: OffsetDateTime) -> UploadState {
+        if self.state == UploadState::Uploading && now >= self.expires_at {
+            UploadState::Expired
+        } else {
+            self.state
+        }
+    }
+
+    /// The error for an operation that needs the session open, or `Ok` if it is.
+    pub fn require_open(&self, now: OffsetDateTime) -> Result<(), ApiError> {
+        match self.state_at(now) {
+            UploadState::Uploading => Ok(()),
+            UploadState::Completed => Err(ApiError::conflict(
+                "upload_completed",
+                "the upload is already completed",
+            )),
+            UploadState::Failed => {
+                Err(ApiError::conflict("upload_failed", "the upload has failed"))
+            }
+            UploadState::Cancelled => Err(ApiError::new(
+                StatusCode::GONE,
+                "upload_cancelled",
+                "the upload was cancelled",
+            )),
+            UploadState::Expired => Err(ApiError::new(
+                StatusCode::GONE,
+                "upload_expired",
+                "the upload expired before it was completed",
+            )),
+        }
+    }
+
+    /// The only way a session changes state. Terminal states never change again.
+    pub fn transition(&mut self, to: UploadState, now: OffsetDateTime) -> Result<(), ApiError> {
+        use UploadState::*;
+        let from = self.state;
+        let allowed = matches!(
+            (from, to),
+            (Uploading, Completed | Cancelled | Expired | Failed)
+        );
+        if !allowed {
+            return Err(ApiError::internal(format!(
+                "session {} cannot go from {} to {}",
+                self.upload_id,
+                from.as_str(),
+                to.as_str()
+            )));
+        }
+        self.state = to;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    fn summary(&self, now: OffsetDateTime) -> UploadSummary {
+        UploadSummary {
+            upload_id: self.upload_id.clone(),
+            key: self.key.clone(),
+            state: self.state_at(now),
+            size: self.size,
+            part_count: self.part_count,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+#[derive(Default)]
+struct SessionLocks {
+    ops: AsyncMutex<()>,
+    parts: RwLock<()>,
+}
+
+fn record_name(upload_id: &str) -> String {
+    format!("sessions/{upload_id}")
+}
+
+fn valid_upload_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+fn new_upload_id() -> Result<String, ApiError> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    Ok(hex::encode(id))
+}
+
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn unix(t: OffsetDateTime) -> u64 {
+    u64::try_from(t.unix_timestamp()).unwrap_or(0)
+}
+
+/// The session domain over a store.
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    config: ServerConfig,
+    metrics: Metrics,
+    locks: Mutex<HashMap<String, Arc<SessionLocks>>>,
+}
+
+impl Sessions {
+    pub fn new(store: Arc<dyn Store>, config: ServerConfig, metrics: Metrics) -> Sessions {
+        Sessions {
+            store,
+            config,
+            metrics,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    fn locks(&self, upload_id: &str) -> Arc<SessionLocks> {
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 4096 {
+            // Drop entries nobody holds; they are recreated on demand.
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        Arc::clone(map.entry(upload_id.to_owned()).or_default())
+    }
+
+    /// Reads a session record; 404 for an id that is malformed or unknown.
+    pub async fn load(&self, upload_id: &str) -> Result<(Session, String), ApiError> {
+        if !valid_upload_id(upload_id) {
+            return Err(ApiError::not_found("upload_not_found", "no such upload"));
+        }
+        let record = self.store.get_record(&record_name(upload_id)).await?;
+        let record =
+            record.ok_or_else(|| ApiError::not_found("upload_not_found", "no such upload"))?;
+        let session: Session = serde_json::from_slice(&record.bytes).map_err(|e| {
+            ApiError::internal(format!("session record {upload_id} is unreadable: {e}"))
+        })?;
+        Ok((session, record.version))
+    }
+
+    async fn save(&self, session: &Session, condition: Condition) -> Result<String, ApiError> {
+        let bytes = serde_json::to_vec(session).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(self
+            .store
+            .put_record(&record_name(&session.upload_id), bytes, condition)
+            .await?)
+    }
+
+    pub fn part_url(
+        &self,
+        signer: &Signer,
+        upload_id: &str,
+        span: ferry_core::plan::PartSpan,
+        now: OffsetDateTime,
+    ) -> PartUrl {
+        let expires_at = now + self.config.url_ttl;
+        let expires = unix(expires_at);
+        let sig = signer.sign(
+            "PUT",
+            Scope::Part {
+                upload_id,
+                part_number: span.part_number,
+            },
+            expires,
+        );
+        PartUrl {
+            part_number: span.part_number,
+            offset: span.offset,
+            size: span.size,
+            url: format!(
+                "{}/p/{upload_id}/{}?expires={expires}&signature={sig}",
+                self.config.public_url, span.part_number
+            ),
+            expires_at: time::OffsetDateTime::from_unix_timestamp(expires as i64)
+                .unwrap_or(expires_at),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        signer: &Signer,
+        req: CreateUpload,
+    ) -> Result<CreatedUpload, ApiError> {
+        let key = normalize_key(&req.name)?;
+        let plan = PartPlan::new(req.size, req.part_size, &self.store.limits())?;
+        if let Some(sha) = &req.sha256
+            && !is_sha256_hex(sha)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_sha256",
+                "sha256 must be 64 hex digits",
+            ));
+        }
+        if let Some(p) = &req.processor {
+            return Err(ApiError::bad_request(
+                "unknown_processor",
+                format!("no processor named {p:?} is configured on this server"),
+            ));
+        }
+        if req.webhook_url.is_some() {
+            return Err(ApiError::bad_request(
+                "webhooks_unsupported",
+                "this server does not deliver webhooks",
+            ));
+        }
+        let meta_bytes: usize = req.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if meta_bytes > 8 * 1024 || req.content_type.as_ref().is_some_and(|c| c.len() > 256) {
+            return Err(ApiError::bad_request(
+                "metadata_too_large",
+                "metadata is limited to 8 KiB and content_type to 256 bytes",
+            ));
+        }
+        if req
+            .metadata
+            .keys()
+            .chain(req.metadata.values())
+            .chain(req.content_type.iter())
+            .any(|s| s.chars().any(char::is_control))
+        {
+            return Err(ApiError::bad_request(
+                "invalid_metadata",
+                "metadata and content_type may not contain control characters",
+            ));
+        }
+        let now = now();
+        let upload_id = new_upload_id()?;
+        let session = Session {
+            upload_id: upload_id.clone(),
+            key: key.clone(),
+            name: req.name,
+            size: plan.size(),
+            part_size: plan.part_size(),
+            part_count: plan.part_count(),
+            sha256: req.sha256.map(|s| s.to_ascii_lowercase()),
+            content_type: req.content_type,
+            metadata: req.metadata,
+            state: UploadState::Uploading,
+            created_at: now,
+            updated_at: now,
+            expires_at: now + self.config.session_ttl,
+            result: None,
+        };
+        // Parts may arrive as soon as the client has the answer, so the store is ready first.
+        self.store.create_multipart(&upload_id).await?;
+        self.save(&session, Condition::IfAbsent).await?;
+        self.metrics.upload_entered(UploadState::Uploading);
+        let parts = plan
+            .parts()
+            .map(|span| self.part_url(signer, &upload_id, span, now))
+            .collect();
+        Ok(CreatedUpload {
+            upload_id,
+            key,
+            size: plan.size(),
+            part_size: plan.part_size(),
+            part_count: plan.part_count(),
+            parts,
+            events_url: None,
+            expires_at: session.expires_at,
+        })
+    }
+
+    pub async fn sign(
+        &self,
+        signer: &Signer,
+        upload_id: &str,
+        part_numbers: &[u32],
+    ) -> Result<Vec<PartUrl>, ApiError> {
+        let (session, _) = self.load(upload_id).await?;
+        let now = now();
+        session.require_open(now)?;
+        let plan = session.plan()?;
+        if part_numbers.len() > plan.part_count() as usize {
+            return Err(ApiError::bad_request(
+                "too_many_parts",
+                "more part numbers than the upload has parts",
+            ));
+        }
+        part_numbers
+            .iter()
+            .map(|&n| {
+                let span = plan
+                    .part(n)
+                    .ok_or_else(|| invalid_part(n, plan.part_count()))?;
+                Ok(self.part_url(signer, upload_id, span, now))
+            })
+            .collect()
+    }
+
+    /// Stores one part body. `counted` wraps the body so every byte read is counted.
+    pub async fn put_part(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        content_length: Option<u64>,
+        body: ByteStream,
+    ) -> Result<PartInfo, ApiError> {
+        let (session, _) = self.load(upload_id).await?;
+        session.require_open(now())?;
+        let plan = session.plan()?;
+        let span = plan
+            .part(part_number)
+            .ok_or_else(|| invalid_part(part_number, plan.part_count()))?;
+        if let Some(len) = content_length
+            && len != span.size
+        {
+            return Err(ApiError::bad_request(
+                "wrong_part_size",
+                format!(
+                    "part {part_number} is {} bytes; the request says {len}",
+                    span.size
+                ),
+            ));
+        }
+        let locks = self.locks(upload_id);
+        let _shared = locks.parts.read().await;
+        // Complete or cancel may have happened while this request waited for the lock.
+        let (session, _) = self.load(upload_id).await?;
+        session.require_open(now())?;
+        let part = match self
+            .store
+            .put_part(upload_id, part_number, span.size, body)
+            .await
+        {
+            Err(StoreError::NoSuchUpload) => {
+                let (session, _) = self.load(upload_id).await?;
+                session.require_open(now())?;
+                return Err(StoreError::NoSuchUpload.into());
+            }
+            other => other?,
+        };
+        self.metrics.parts_received.inc();
+        Ok(part)
+    }
+
+    pub async fn part_done(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        etag: &str,
+        size: u64,
+    ) -> Result<PartInfo, ApiError> {
+        let (session, _) = self.load(upload_id).await?;
+        session.require_open(now())?;
+        let plan = session.plan()?;
+        plan.part(part_number)
+            .ok_or_else(|| invalid_part(part_number, plan.part_count()))?;
+        let part = self.store.head_part(upload_id, part_number).await?;
+        let part = part.ok_or_else(|| {
+            ApiError::not_found(
+                "part_not_found",
+                format!("part {part_number} has not been stored"),
+            )
+        })?;
+        if bare_etag(&part.etag) != bare_etag(etag) || part.size != size {
+            return Err(ApiError::conflict(
+                "part_mismatch",
+                format!(
+                    "part {part_number} is stored as {} bytes with ETag {}; the report says {size} bytes, {etag}",
+                    part.size, part.etag
+                ),
+            ));
+        }
+        Ok(part)
+    }
+
+    pub async fn status(&self, upload_id: &str) -> Result<UploadStatus, ApiError> {
+        let (session, _) = self.load(upload_id).await?;
+        let state = session.state_at(now());
+        let parts = if state == UploadState::Uploading {
+            match self.store.list_parts(upload_id).await {
+                Ok(parts) => parts,
+                Err(StoreError::NoSuchUpload) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            Vec::new()
+        };
+        let bytes_received = match (&session.result, state) {
+            (Some(r), UploadState::Completed) => r.size,
+            _ => parts.iter().map(|p| p.size).sum(),
+        };
+        Ok(UploadStatus {
+            upload_id: session.upload_id,
+            key: session.key,
+            name: session.name,
+            state,
+            size: session.size,
+            part_size: session.part_size,
+            part_count: session.part_count,
+            parts,
+            bytes_received,
+            sha256: session.sha256,
+            content_type: session.content_type,
+            metadata: session.metadata,
+            created_at: session.created_at,
+            updated_at: session.updated_at,
+            expires_at: session.expires_at,
+            result: session.result,
+        })
+    }
+
+    pub async fn complete(
+        &self,
+        upload_id: &str,
+        check: Option<Vec<CompletePart>>,
+    ) -> Result<ObjectInfo, ApiError> {
+        if let Some(done) = self.completed_result(upload_id).await? {
+            return Ok(done);
+        }
+        let locks = self.locks(upload_id);
+        let _ops = locks.ops.lock().await;
+        let _exclusive = locks.parts.write().await;
+        // Another complete may have finished while this one waited.
+        if let Some(done) = self.completed_result(upload_id).await? {
+            return Ok(done);
+        }
+        let (mut session, version) = self.load(upload_id).await?;
+        let now = now();
+        session.require_open(now)?;
+        let plan = session.plan()?;
+        let stored = self.store.list_parts(upload_id).await?;
+        let by_number: HashMap<u32, &PartInfo> =
+            stored.iter().map(|p| (p.part_number, p)).collect();
+        let missing: Vec<u32> = plan
+            .parts()
+            .filter(|s| {
+                by_number
+                    .get(&s.part_number)
+                    .is_none_or(|p| p.size != s.size)
+            })
+            .map(|s| s.part_number)
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::bad_request(
+                "missing_parts",
+                format!(
+                    "{} of {} parts are missing: {}",
+                    missing.len(),
+                    plan.part_count(),
+                    list_numbers(&missing)
+                ),
+            ));
+        }
+        if let Some(check) = check {
+            check_etags(&check, &by_number, plan.part_count())?;
+        }
+        let parts: Vec<PartInfo> = plan
+            .parts()
+            .filter_map(|s| by_number.get(&s.part_number).map(|p| (*p).clone()))
+            .collect();
+        let meta = ObjectMeta {
+            content_type: session.content_type.clone(),
+            metadata: session.metadata.clone(),
+        };
+        let info = self
+            .store
+            .complete_multipart(
+                upload_id,
+                &session.key,
+                &parts,
+                session.sha256.as_deref(),
+                meta,
+            )
+            .await?;
+        session.transition(UploadState::Completed, now)?;
+        session.result = Some(info.clone());
+        self.save(&session, Condition::IfMatch(version)).await?;
+        self.metrics.upload_entered(UploadState::Completed);
+        if let Err(e) = self.store.abort_multipart(upload_id).await {
+            tracing::warn!(upload_id, error = %e, "completed, but its parts could not be removed");
+        }
+        Ok(info)
+    }
+
+    async fn completed_result(&self, upload_id: &str) -> Result<Option<ObjectInfo>, ApiError> {
+        let (session, _) = self.load(upload_id).await?;
+        Ok(match (session.state, session.result) {
+            (UploadState::Completed, Some(result)) => Some(result),
+            _ => None,
+        })
+    }
+
+    /// Cancels an open session and deletes its parts. Repeating it is fine.
+    pub async fn cancel(&self, upload_id: &str) -> Result<UploadStatus, ApiError> {
+        let locks = self.locks(upload_id);
+        {
+            let _ops = locks.ops.lock().await;
+            let (mut session, version) = self.load(upload_id).await?;
+            match session.state_at(now()) {
+                UploadState::Uploading => {
+                    session.transition(UploadState::Cancelled, now())?;
+                    self.save(&session, Condition::IfMatch(version)).await?;
+                    self.metrics.upload_entered(UploadState::Cancelled);
+                }
+                UploadState::Cancelled => {}
+                _ => session.require_open(now())?,
+            }
+            // Also on a repeat: a crash between the record and the deletion leaves parts behind.
+            self.store.abort_multipart(upload_id).await?;
+        }
+        self.status(upload_id).await
+    }
+
+    pub async fn list(&self, filter: Option<UploadState>) -> Result<Vec<UploadSummary>, ApiError> {
+        let now = now();
+        let mut out = Vec::new();
+        for name in self.store.list_records("sessions/").await? {
+            let Some(id) = name.strip_prefix("sessions/") else {
+                continue;
+            };
+            match self.load(id).await {
+                Ok((s, _)) if filter.is_none_or(|f| s.state_at(now) == f) => {
+                    out.push(s.summary(now))
+                }
+                Ok(_) => {}
+                Err(e) if e.status == StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| a.upload_id.cmp(&b.upload_id))
+        });
+        Ok(out)
+    }
+
+    /// Marks overdue open sessions expired and deletes their parts. Returns how many expired.
+    pub async fn expire_overdue(&self) -> Result<usize, ApiError> {
+        let mut expired = 0;
+        for name in self.store.list_records("sessions/").await? {
+            let Some(id) = name.strip_prefix("sessions/") else {
+                continue;
+            };
+            let Ok((session, _)) = self.load(id).await else {
+                continue;
+            };
+            if session.state != UploadState::Uploading
+                || session.state_at(now()) != UploadState::Expired
+            {
+                continue;
+            }
+            let locks = self.locks(id);
+            let _ops = locks.ops.lock().await;
+            let (mut session, version) = self.load(id).await?;
+            if session.state != UploadState::Uploading
+                || session.state_at(now()) != UploadState::Expired
+            {
+                continue;
+            }
+            session.transition(UploadState::Expired, now())?;
+            self.save(&session, Condition::IfMatch(version)).await?;
+            self.metrics.upload_entered(UploadState::Expired);
+            self.store.abort_multipart(id).await?;
+            expired += 1;
+        }
+        Ok(expired)
+    }
+}
+
+fn invalid_part(n: u32, count: u32) -> ApiError {
+    ApiError::bad_request(
+        "invalid_part_number",
+        format!("part number {n} is outside 1..={count}"),
+    )
+}
+
+fn list_numbers(ns: &[u32]) -> String {
+    let shown: Vec<String> = ns.iter().take(20).map(u32::to_string).collect();
+    if ns.len() > 20 {
+        format!("{}, …", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// The client's ETag list must name every part once, each with the ETag the server holds.
+fn check_etags(
+    check: &[CompletePart],
+    stored: &HashMap<u32, &PartInfo>,
+    part_count: u32,
+) -> Result<(), ApiError> {
+    let mut seen = vec![false; part_count as usize + 1];
+    for c in check {
+        let Some(slot) = seen
+            .get_mut(c.part_number as usize)
+            .filter(|_| c.part_number > 0)
+        else {
+            return Err(invalid_part(c.part_number, part_count));
+        };
+        if std::mem::replace(slot, true) {
+            return Err(ApiError::bad_request(
+                "invalid_parts",
+                format!("part {} is listed twice", c.part_number),
+            ));
+        }
+        let held = stored
+            .get(&c.part_number)
+            .map(|p| bare_etag(&p.etag))
+            .unwrap_or_default();
+        if held != bare_etag(&c.etag) {
+            return Err(ApiError::bad_request(
+                "etag_mismatch",
+                format!("part {} has ETag \"{held}\", not {}", c.part_number, c.etag),
+            ));
+        }
+    }
+    let unlisted = seen.iter().skip(1).filter(|s| !**s).count();
+    if unlisted > 0 {
+        return Err(ApiError::bad_request(
+            "invalid_parts",
+            format!("the parts list leaves out {unlisted} of {part_count} parts"),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the expiry sweep every `sweep_interval` until the task is aborted.
+pub(crate) async fn sweep_forever(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(state.config.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match state.sessions.expire_overdue().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired overdue uploads"),
+            Err(e) => tracing::warn!(error = %e.message, "expiry sweep failed"),
+        }
+    }
+}
