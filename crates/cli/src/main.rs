@@ -6,11 +6,7 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "ferry",
-    version,
-    about = "Move large files reliably and fast: resumable parallel uploads over HTTP."
-)]
+#[command(name = "ferry", version, about = "Move large files reliably and fast: resumable parallel uploads over HTTP.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,10 +27,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");

@@ -60,9 +60,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
+    let local = listener.local_addr().context("cannot read the bound address")?;
     let public_url = match &args.public_url {
         Some(url) => url.clone(),
         None if local.ip().is_unspecified() => {
@@ -82,28 +80,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.session_ttl = args.session_ttl;
     config.max_object_size = args.max_object_size;
     config.body_idle_timeout = args.body_idle_timeout;
-    config.sweep_interval = args.sweep_interval.unwrap_or_else(|| {
-        (args.session_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
-    });
+    config.sweep_interval = args
+        .sweep_interval
+        .unwrap_or_else(|| (args.session_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)));
     if config.sweep_interval.is_zero() || config.url_ttl.is_zero() || config.session_ttl.is_zero() {
         bail!("durations must be longer than zero");
     }
-    let server = Server::open(config)
-        .with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;
+    let server =
+        Server::open(config).with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;
 
-    println!(
-        "ferry serve: listening on {public_url} (data in {})",
-        args.data_dir.display()
-    );
+    println!("ferry serve: listening on {public_url} (data in {})", args.data_dir.display());
     if args.tokens.is_empty() {
         let token = server.tokens().first().cloned().unwrap_or_default();
         println!("token kept in {}", args.data_dir.join("token").display());
         println!("upload with:  ferry put FILE --server {public_url} --token {token}");
     }
-    server
-        .serve(listener, shutdown_signal())
-        .await
-        .context("server failed")?;
+    server.serve(listener, shutdown_signal()).await.context("server failed")?;
     tracing::info!("stopped");
     Ok(())
 }

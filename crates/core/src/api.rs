@@ -215,9 +215,7 @@ pub struct ErrorDetail {
 pub fn bare_etag(etag: &str) -> &str {
     let e = etag.trim();
     let e = e.strip_prefix("W/").unwrap_or(e);
-    e.strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(e)
+    e.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(e)
 }
 
 /// Quotes an ETag for HTTP.
@@ -248,10 +246,7 @@ mod tests {
     fn states_round_trip() {
         for s in UploadState::ALL {
             assert_eq!(UploadState::parse(s.as_str()), Some(s));
-            assert_eq!(
-                serde_json::to_string(&s).unwrap(),
-                format!("\"{}\"", s.as_str())
-            );
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
         }
         assert_eq!(UploadState::parse("done"), None);
     }

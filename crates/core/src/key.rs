@@ -56,15 +56,8 @@ mod tests {
 
     #[test]
     fn ordinary_names_pass_unchanged() {
-        for name in [
-            "a",
-            "data/set.zip",
-            "rooms/lab/results/1/out.bin",
-            "über/naïve file.txt",
-            "..a",
-            "a..",
-            ".hidden",
-        ] {
+        for name in ["a", "data/set.zip", "rooms/lab/results/1/out.bin", "über/naïve file.txt", "..a", "a..", ".hidden"]
+        {
             assert_eq!(normalize_key(name).as_deref(), Ok(name));
         }
     }
@@ -98,14 +91,8 @@ mod tests {
     #[test]
     fn length_limit_is_in_bytes() {
         assert!(normalize_key(&"a".repeat(MAX_KEY_LEN)).is_ok());
-        assert_eq!(
-            normalize_key(&"a".repeat(MAX_KEY_LEN + 1)),
-            Err(KeyError::TooLong(MAX_KEY_LEN + 1))
-        );
+        assert_eq!(normalize_key(&"a".repeat(MAX_KEY_LEN + 1)), Err(KeyError::TooLong(MAX_KEY_LEN + 1)));
         let multibyte = "é".repeat(MAX_KEY_LEN / 2 + 1);
-        assert!(matches!(
-            normalize_key(&multibyte),
-            Err(KeyError::TooLong(_))
-        ));
+        assert!(matches!(normalize_key(&multibyte), Err(KeyError::TooLong(_))));
     }
 }

@@ -19,18 +19,11 @@ pub struct Limits {
 
 impl Limits {
     /// The embedded filesystem store's limits.
-    pub const EMBEDDED: Limits = Limits {
-        min_part_size: 64 * KIB,
-        max_part_size: 5 * GIB,
-        max_parts: 10_000,
-        max_object_size: 5 * TIB,
-    };
+    pub const EMBEDDED: Limits =
+        Limits { min_part_size: 64 * KIB, max_part_size: 5 * GIB, max_parts: 10_000, max_object_size: 5 * TIB };
 
     pub fn with_max_object_size(self, max_object_size: u64) -> Limits {
-        Limits {
-            max_object_size,
-            ..self
-        }
+        Limits { max_object_size, ..self }
     }
 }
 
@@ -43,15 +36,8 @@ pub enum PlanError {
     PartTooSmall { part_size: u64, min: u64 },
     #[error("part size {part_size} exceeds the maximum of {max} bytes")]
     PartTooLarge { part_size: u64, max: u64 },
-    #[error(
-        "{size} bytes in parts of {part_size} bytes needs {needed} parts; the maximum is {max}"
-    )]
-    TooManyParts {
-        size: u64,
-        part_size: u64,
-        needed: u64,
-        max: u32,
-    },
+    #[error("{size} bytes in parts of {part_size} bytes needs {needed} parts; the maximum is {max}")]
+    TooManyParts { size: u64, part_size: u64, needed: u64, max: u32 },
 }
 
 /// One part of a plan: 1-based number, byte offset in the object and length.
@@ -80,53 +66,31 @@ pub fn default_part_size(size: u64) -> u64 {
 impl PartPlan {
     pub fn new(size: u64, requested: Option<u64>, limits: &Limits) -> Result<PartPlan, PlanError> {
         if size > limits.max_object_size {
-            return Err(PlanError::ObjectTooLarge {
-                size,
-                max: limits.max_object_size,
-            });
+            return Err(PlanError::ObjectTooLarge { size, max: limits.max_object_size });
         }
         let part_size = match requested {
             Some(p) => p,
             None => default_part_size(size).clamp(limits.min_part_size, limits.max_part_size),
         };
         if part_size < limits.min_part_size {
-            return Err(PlanError::PartTooSmall {
-                part_size,
-                min: limits.min_part_size,
-            });
+            return Err(PlanError::PartTooSmall { part_size, min: limits.min_part_size });
         }
         if part_size > limits.max_part_size {
-            return Err(PlanError::PartTooLarge {
-                part_size,
-                max: limits.max_part_size,
-            });
+            return Err(PlanError::PartTooLarge { part_size, max: limits.max_part_size });
         }
         let needed = size.div_ceil(part_size).max(1);
         if needed > u64::from(limits.max_parts) {
-            return Err(PlanError::TooManyParts {
-                size,
-                part_size,
-                needed,
-                max: limits.max_parts,
-            });
+            return Err(PlanError::TooManyParts { size, part_size, needed, max: limits.max_parts });
         }
         // `needed` ≤ max_parts, a u32, so the conversion cannot fail.
         let part_count = u32::try_from(needed).unwrap_or(u32::MAX);
-        Ok(PartPlan {
-            size,
-            part_size,
-            part_count,
-        })
+        Ok(PartPlan { size, part_size, part_count })
     }
 
     /// Rebuilds a plan that was validated earlier (e.g. read back from a session record).
     pub fn from_parts(size: u64, part_size: u64, part_count: u32) -> Option<PartPlan> {
         let ok = part_size > 0 && u64::from(part_count) == size.div_ceil(part_size).max(1);
-        ok.then_some(PartPlan {
-            size,
-            part_size,
-            part_count,
-        })
+        ok.then_some(PartPlan { size, part_size, part_count })
     }
 
     pub fn size(&self) -> u64 {
@@ -148,11 +112,7 @@ impl PartPlan {
         }
         let offset = u64::from(n - 1) * self.part_size;
         let size = self.part_size.min(self.size - offset);
-        Some(PartSpan {
-            part_number: n,
-            offset,
-            size,
-        })
+        Some(PartSpan { part_number: n, offset, size })
     }
 
     pub fn parts(&self) -> impl Iterator<Item = PartSpan> + '_ {
@@ -178,13 +138,9 @@ mod tests {
 
     #[test]
     fn parts_cover_the_object_exactly() {
-        for (size, part) in [
-            (0, 64 * KIB),
-            (1, 64 * KIB),
-            (64 * KIB, 64 * KIB),
-            (64 * KIB + 1, 64 * KIB),
-            (10 * MIB + 7, MIB),
-        ] {
+        for (size, part) in
+            [(0, 64 * KIB), (1, 64 * KIB), (64 * KIB, 64 * KIB), (64 * KIB + 1, 64 * KIB), (10 * MIB + 7, MIB)]
+        {
             let plan = PartPlan::new(size, Some(part), &L).unwrap();
             let spans: Vec<_> = plan.parts().collect();
             assert_eq!(spans.len() as u32, plan.part_count());
@@ -205,14 +161,7 @@ mod tests {
     fn empty_object_has_one_empty_part() {
         let plan = PartPlan::new(0, None, &L).unwrap();
         assert_eq!(plan.part_count(), 1);
-        assert_eq!(
-            plan.part(1),
-            Some(PartSpan {
-                part_number: 1,
-                offset: 0,
-                size: 0
-            })
-        );
+        assert_eq!(plan.part(1), Some(PartSpan { part_number: 1, offset: 0, size: 0 }));
     }
 
     #[test]
@@ -227,21 +176,12 @@ mod tests {
         assert!(PartPlan::new(MIB, Some(64 * KIB), &L).is_ok());
         assert_eq!(
             PartPlan::new(MIB, Some(64 * KIB - 1), &L),
-            Err(PlanError::PartTooSmall {
-                part_size: 64 * KIB - 1,
-                min: 64 * KIB
-            })
+            Err(PlanError::PartTooSmall { part_size: 64 * KIB - 1, min: 64 * KIB })
         );
         assert!(PartPlan::new(5 * GIB, Some(5 * GIB), &L).is_ok());
-        assert!(matches!(
-            PartPlan::new(6 * GIB, Some(5 * GIB + 1), &L),
-            Err(PlanError::PartTooLarge { .. })
-        ));
+        assert!(matches!(PartPlan::new(6 * GIB, Some(5 * GIB + 1), &L), Err(PlanError::PartTooLarge { .. })));
         assert!(PartPlan::new(5 * TIB, None, &L).is_ok());
-        assert!(matches!(
-            PartPlan::new(5 * TIB + 1, None, &L),
-            Err(PlanError::ObjectTooLarge { .. })
-        ));
+        assert!(matches!(PartPlan::new(5 * TIB + 1, None, &L), Err(PlanError::ObjectTooLarge { .. })));
         assert!(PartPlan::new(10_000 * 64 * KIB, Some(64 * KIB), &L).is_ok());
         assert_eq!(
             PartPlan::new(10_000 * 64 * KIB + 1, Some(64 * KIB), &L),

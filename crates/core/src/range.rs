@@ -57,18 +57,11 @@ pub fn parse_range(header: &str, len: u64) -> Result<ByteRange, RangeError> {
             if suffix == 0 || len == 0 {
                 return Err(RangeError::Unsatisfiable);
             }
-            Ok(ByteRange {
-                start: len.saturating_sub(suffix),
-                end: len - 1,
-            })
+            Ok(ByteRange { start: len.saturating_sub(suffix), end: len - 1 })
         }
         (false, _) => {
             let start = parse_u64(first)?;
-            let end = if last.is_empty() {
-                None
-            } else {
-                Some(parse_u64(last)?)
-            };
+            let end = if last.is_empty() { None } else { Some(parse_u64(last)?) };
             if end.is_some_and(|e| e < start) {
                 return Err(RangeError::Malformed);
             }
@@ -115,10 +108,7 @@ mod tests {
 
     #[test]
     fn unsatisfiable() {
-        assert_eq!(
-            parse_range("bytes=1000-", 1000),
-            Err(RangeError::Unsatisfiable)
-        );
+        assert_eq!(parse_range("bytes=1000-", 1000), Err(RangeError::Unsatisfiable));
         assert_eq!(parse_range("bytes=0-", 0), Err(RangeError::Unsatisfiable));
         assert_eq!(parse_range("bytes=-1", 0), Err(RangeError::Unsatisfiable));
         assert_eq!(parse_range("bytes=-0", 10), Err(RangeError::Unsatisfiable));
@@ -143,24 +133,13 @@ mod tests {
         ] {
             assert_eq!(parse_range(h, 1000), Err(RangeError::Malformed), "{h:?}");
         }
-        assert_eq!(
-            parse_range("bytes=0-1,5-6", 1000),
-            Err(RangeError::Multiple)
-        );
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Err(RangeError::Multiple));
         assert_eq!(parse_range("bytes=0-1,", 1000), Err(RangeError::Multiple));
     }
 
     #[test]
     fn every_accepted_range_lies_inside_the_object() {
-        let headers = [
-            "bytes=0-",
-            "bytes=-1",
-            "bytes=3-7",
-            "bytes=7-3",
-            "bytes=-9",
-            "bytes=9-",
-            "bytes=0-100",
-        ];
+        let headers = ["bytes=0-", "bytes=-1", "bytes=3-7", "bytes=7-3", "bytes=-9", "bytes=9-", "bytes=0-100"];
         for len in 0..12u64 {
             for h in headers {
                 if let Ok(b) = parse_range(h, len) {

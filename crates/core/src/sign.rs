@@ -14,10 +14,7 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope<'a> {
     /// PUT of one part of one upload session.
-    Part {
-        upload_id: &'a str,
-        part_number: u32,
-    },
+    Part { upload_id: &'a str, part_number: u32 },
     /// GET (and HEAD) of one object.
     Object { key: &'a str },
 }
@@ -46,9 +43,7 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     pub fn new(secret: impl Into<Vec<u8>>) -> Signer {
-        Signer {
-            secret: secret.into(),
-        }
+        Signer { secret: secret.into() }
     }
 
     fn mac(&self, method: &str, scope: Scope<'_>, expires: u64) -> HmacSha256 {
@@ -60,10 +55,7 @@ impl Signer {
         // Fields are separated by '\n', which neither methods, hex upload ids, numbers nor
         // validated keys (no control characters) can contain, so the encoding is unambiguous.
         let canonical = match scope {
-            Scope::Part {
-                upload_id,
-                part_number,
-            } => {
+            Scope::Part { upload_id, part_number } => {
                 format!("ferry-url-v1\n{method}\npart\n{upload_id}\n{part_number}\n{expires}")
             }
             Scope::Object { key } => format!("ferry-url-v1\n{method}\nobject\n{key}\n{expires}"),
@@ -90,9 +82,7 @@ impl Signer {
             return Err(SignError::Malformed);
         }
         let sig = hex::decode(signature).map_err(|_| SignError::Malformed)?;
-        self.mac(method, scope, expires)
-            .verify_slice(&sig)
-            .map_err(|_| SignError::Invalid)?;
+        self.mac(method, scope, expires).verify_slice(&sig).map_err(|_| SignError::Invalid)?;
         if now >= expires {
             return Err(SignError::Expired);
         }
@@ -104,20 +94,14 @@ impl Signer {
 mod tests {
     use super::*;
 
-    const PART: Scope<'static> = Scope::Part {
-        upload_id: "u1",
-        part_number: 3,
-    };
+    const PART: Scope<'static> = Scope::Part { upload_id: "u1", part_number: 3 };
 
     #[test]
     fn a_signature_verifies_until_it_expires() {
         let s = Signer::new(b"secret".to_vec());
         let sig = s.sign("PUT", PART, 1000);
         assert_eq!(s.verify("PUT", PART, 1000, &sig, 999), Ok(()));
-        assert_eq!(
-            s.verify("PUT", PART, 1000, &sig, 1000),
-            Err(SignError::Expired)
-        );
+        assert_eq!(s.verify("PUT", PART, 1000, &sig, 1000), Err(SignError::Expired));
         assert_eq!(s.verify("PUT", PART, 1000, &sig.to_uppercase(), 0), Ok(()));
     }
 
@@ -127,58 +111,23 @@ mod tests {
         let sig = s.sign("PUT", PART, 1000);
         let others = [
             ("GET", PART, 1000),
-            (
-                "PUT",
-                Scope::Part {
-                    upload_id: "u1",
-                    part_number: 4,
-                },
-                1000,
-            ),
-            (
-                "PUT",
-                Scope::Part {
-                    upload_id: "u2",
-                    part_number: 3,
-                },
-                1000,
-            ),
+            ("PUT", Scope::Part { upload_id: "u1", part_number: 4 }, 1000),
+            ("PUT", Scope::Part { upload_id: "u2", part_number: 3 }, 1000),
             ("PUT", Scope::Object { key: "u1" }, 1000),
             ("PUT", PART, 1001),
         ];
         for (method, scope, exp) in others {
-            assert_eq!(
-                s.verify(method, scope, exp, &sig, 0),
-                Err(SignError::Invalid),
-                "{method} {scope:?} {exp}"
-            );
+            assert_eq!(s.verify(method, scope, exp, &sig, 0), Err(SignError::Invalid), "{method} {scope:?} {exp}");
         }
-        assert_eq!(
-            Signer::new(b"other".to_vec()).verify("PUT", PART, 1000, &sig, 0),
-            Err(SignError::Invalid)
-        );
+        assert_eq!(Signer::new(b"other".to_vec()).verify("PUT", PART, 1000, &sig, 0), Err(SignError::Invalid));
     }
 
     #[test]
     fn malformed_signatures_are_told_apart_from_wrong_ones() {
         let s = Signer::new(b"secret".to_vec());
-        for bad in [
-            "",
-            "zz",
-            &"g".repeat(64),
-            &"a".repeat(63),
-            &"a".repeat(65),
-            "é",
-        ] {
-            assert_eq!(
-                s.verify("PUT", PART, 1000, bad, 0),
-                Err(SignError::Malformed),
-                "{bad:?}"
-            );
+        for bad in ["", "zz", &"g".repeat(64), &"a".repeat(63), &"a".repeat(65), "é"] {
+            assert_eq!(s.verify("PUT", PART, 1000, bad, 0), Err(SignError::Malformed), "{bad:?}");
         }
-        assert_eq!(
-            s.verify("PUT", PART, 1000, &"0".repeat(64), 0),
-            Err(SignError::Invalid)
-        );
+        assert_eq!(s.verify("PUT", PART, 1000, &"0".repeat(64), 0), Err(SignError::Invalid));
     }
 }

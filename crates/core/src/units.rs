@@ -8,9 +8,7 @@ pub struct SizeError(pub String);
 pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let err = || SizeError(text.to_owned());
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -51,17 +49,7 @@ mod tests {
 
     #[test]
     fn not_sizes() {
-        for s in [
-            "",
-            "MiB",
-            "-1",
-            "1.2.3",
-            "8XB",
-            "0.3b",
-            "99999999999999999999",
-            "16777216TiB",
-            "1e3",
-        ] {
+        for s in ["", "MiB", "-1", "1.2.3", "8XB", "0.3b", "99999999999999999999", "16777216TiB", "1e3"] {
             assert!(parse_size(s).is_err(), "{s:?}");
         }
     }

@@ -20,28 +20,15 @@ pub(crate) async fn require_bearer(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let Some(given) = given else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send Authorization: Bearer <token>",
-        ));
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send Authorization: Bearer <token>"));
     };
     // Compare against every token so the time taken does not say which one nearly matched.
-    let ok = state.tokens.iter().fold(false, |acc, t| {
-        bool::from(t.as_bytes().ct_eq(given.as_bytes())) | acc
-    });
+    let ok = state.tokens.iter().fold(false, |acc, t| bool::from(t.as_bytes().ct_eq(given.as_bytes())) | acc);
     if !ok {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the token is not valid",
-        ));
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token is not valid"));
     }
     Ok(next.run(req).await)
 }

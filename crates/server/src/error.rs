@@ -19,12 +19,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            content_range: None,
-        }
+        ApiError { status, code, message: message.into(), content_range: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -49,21 +44,12 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
         let mut res = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Some(cr) = self
-            .content_range
-            .and_then(|v| HeaderValue::from_str(&v).ok())
-        {
+        if let Some(cr) = self.content_range.and_then(|v| HeaderValue::from_str(&v).ok()) {
             res.headers_mut().insert(header::CONTENT_RANGE, cr);
         }
         res
@@ -74,11 +60,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let msg = e.to_string();
         match e {
-            StoreError::NoSuchUpload => ApiError::new(
-                StatusCode::GONE,
-                "upload_gone",
-                "the upload's parts are gone",
-            ),
+            StoreError::NoSuchUpload => ApiError::new(StatusCode::GONE, "upload_gone", "the upload's parts are gone"),
             StoreError::NoSuchObject => ApiError::not_found("object_not_found", "no such object"),
             StoreError::MissingPart(_) => ApiError::bad_request("missing_parts", msg),
             StoreError::PartChanged { .. } => ApiError::conflict("part_changed", msg),
@@ -126,10 +108,6 @@ impl From<SignError> for ApiError {
 
 impl From<RangeError> for ApiError {
     fn from(e: RangeError) -> ApiError {
-        ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "invalid_range",
-            e.to_string(),
-        )
+        ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "invalid_range", e.to_string())
     }
 }

@@ -55,8 +55,7 @@ impl Server {
     /// token) and the embedded store in it.
     pub fn open(config: ServerConfig) -> std::io::Result<Server> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let limits =
-            ferry_core::plan::Limits::EMBEDDED.with_max_object_size(config.max_object_size);
+        let limits = ferry_core::plan::Limits::EMBEDDED.with_max_object_size(config.max_object_size);
         let store: Arc<dyn Store> = Arc::new(FsStore::open(&config.data_dir, limits)?);
         Server::with_store(config, store)
     }
@@ -71,16 +70,8 @@ impl Server {
         };
         let metrics = metrics::Metrics::new();
         let sessions = sessions::Sessions::new(store, config.clone(), metrics.clone());
-        let state = AppState {
-            config,
-            tokens,
-            signer: Signer::new(secret),
-            sessions,
-            metrics,
-        };
-        Ok(Server {
-            state: Arc::new(state),
-        })
+        let state = AppState { config, tokens, signer: Signer::new(secret), sessions, metrics };
+        Ok(Server { state: Arc::new(state) })
     }
 
     /// The bearer tokens this server accepts.
@@ -97,9 +88,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sessions::sweep_forever(Arc::clone(&self.state)));
         let app = routes::router(Arc::clone(&self.state));
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
         result
     }

@@ -33,9 +33,7 @@ pub struct Metrics {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([
-        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-    ])
+    Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])
 }
 
 impl Metrics {
@@ -44,44 +42,25 @@ impl Metrics {
         let bytes_received = Counter::default();
         let parts_received = Counter::default();
         let uploads = Family::<StateLabel, Counter>::default();
-        let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let request_duration =
+            Family::<RequestLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "ferry_bytes_received",
             "Part-body bytes read by the server, accepted or not",
             bytes_received.clone(),
         );
-        registry.register(
-            "ferry_parts_received",
-            "Parts stored",
-            parts_received.clone(),
-        );
-        registry.register(
-            "ferry_uploads",
-            "Upload sessions that entered each state",
-            uploads.clone(),
-        );
+        registry.register("ferry_parts_received", "Parts stored", parts_received.clone());
+        registry.register("ferry_uploads", "Upload sessions that entered each state", uploads.clone());
         registry.register(
             "ferry_http_request_duration_seconds",
             "HTTP request latency by route",
             request_duration.clone(),
         );
-        Metrics {
-            registry: Arc::new(registry),
-            bytes_received,
-            parts_received,
-            uploads,
-            request_duration,
-        }
+        Metrics { registry: Arc::new(registry), bytes_received, parts_received, uploads, request_duration }
     }
 
     pub fn upload_entered(&self, state: ferry_core::api::UploadState) {
-        self.uploads
-            .get_or_create(&StateLabel {
-                state: state.as_str(),
-            })
-            .inc();
+        self.uploads.get_or_create(&StateLabel { state: state.as_str() }).inc();
     }
 
     pub fn render(&self) -> String {

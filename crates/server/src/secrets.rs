@@ -15,31 +15,19 @@ fn random_hex(bytes: usize) -> io::Result<String> {
 
 /// Reads `name` from `dir`, or creates it with `make()` if absent. Returns the value and whether it
 /// was created now.
-fn load_or_create(
-    dir: &Path,
-    name: &str,
-    make: impl FnOnce() -> io::Result<String>,
-) -> io::Result<(String, bool)> {
+fn load_or_create(dir: &Path, name: &str, make: impl FnOnce() -> io::Result<String>) -> io::Result<(String, bool)> {
     let path = dir.join(name);
     match fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_owned(), false)),
         Ok(_) => {
-            return Err(io::Error::other(format!(
-                "{} is empty; delete it to have a new one made",
-                path.display()
-            )));
+            return Err(io::Error::other(format!("{} is empty; delete it to have a new one made", path.display())));
         }
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         Err(_) => {}
     }
     let value = make()?;
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(value.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;
@@ -61,8 +49,7 @@ fn load_or_create(
 /// The URL-signing key.
 pub fn load_or_create_secret(dir: &Path) -> io::Result<Vec<u8>> {
     let (hex_secret, _) = load_or_create(dir, "secret", || random_hex(32))?;
-    hex::decode(&hex_secret)
-        .map_err(|e| io::Error::other(format!("{}: {e}", dir.join("secret").display())))
+    hex::decode(&hex_secret).map_err(|e| io::Error::other(format!("{}: {e}", dir.join("secret").display())))
 }
 
 /// The generated bearer token, and whether it was created now.

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use ferry_core::api::{
-    CompletePart, CreateUpload, CreatedUpload, ObjectInfo, PartInfo, PartUrl, UploadState,
-    UploadStatus, UploadSummary, bare_etag, is_sha256_hex,
+    CompletePart, CreateUpload, CreatedUpload, ObjectInfo, PartInfo, PartUrl, UploadState, UploadStatus, UploadSummary,
+    bare_etag, is_sha256_hex,
 };
 use ferry_core::key::normalize_key;
 use ferry_core::plan::PartPlan;
@@ -56,45 +56,28 @@ pub struct Session {
 
 impl Session {
     pub fn plan(&self) -> Result<PartPlan, ApiError> {
-        PartPlan::from_parts(self.size, self.part_size, self.part_count).ok_or_else(|| {
-            ApiError::internal(format!(
-                "session {} has an inconsistent plan",
-                self.upload_id
-            ))
-        })
+        PartPlan::from_parts(self.size, self.part_size, self.part_count)
+            .ok_or_else(|| ApiError::internal(format!("session {} has an inconsistent plan", self.upload_id)))
     }
 
     /// The state as of `now`: an open session past its deadline is expired even before the sweeper
     /// has recorded it.
     pub fn state_at(&self, now: OffsetDateTime) -> UploadState {
-        if self.state == UploadState::Uploading && now >= self.expires_at {
-            UploadState::Expired
-        } else {
-            self.state
-        }
+        if self.state == UploadState::Uploading && now >= self.expires_at { UploadState::Expired } else { self.state }
     }
 
     /// The error for an operation that needs the session open, or `Ok` if it is.
     pub fn require_open(&self, now: OffsetDateTime) -> Result<(), ApiError> {
         match self.state_at(now) {
             UploadState::Uploading => Ok(()),
-            UploadState::Completed => Err(ApiError::conflict(
-                "upload_completed",
-                "the upload is already completed",
-            )),
-            UploadState::Failed => {
-                Err(ApiError::conflict("upload_failed", "the upload has failed"))
+            UploadState::Completed => Err(ApiError::conflict("upload_completed", "the upload is already completed")),
+            UploadState::Failed => Err(ApiError::conflict("upload_failed", "the upload has failed")),
+            UploadState::Cancelled => {
+                Err(ApiError::new(StatusCode::GONE, "upload_cancelled", "the upload was cancelled"))
             }
-            UploadState::Cancelled => Err(ApiError::new(
-                StatusCode::GONE,
-                "upload_cancelled",
-                "the upload was cancelled",
-            )),
-            UploadState::Expired => Err(ApiError::new(
-                StatusCode::GONE,
-                "upload_expired",
-                "the upload expired before it was completed",
-            )),
+            UploadState::Expired => {
+                Err(ApiError::new(StatusCode::GONE, "upload_expired", "the upload expired before it was completed"))
+            }
         }
     }
 
@@ -102,10 +85,7 @@ impl Session {
     pub fn transition(&mut self, to: UploadState, now: OffsetDateTime) -> Result<(), ApiError> {
         use UploadState::*;
         let from = self.state;
-        let allowed = matches!(
-            (from, to),
-            (Uploading, Completed | Cancelled | Expired | Failed)
-        );
+        let allowed = matches!((from, to), (Uploading, Completed | Cancelled | Expired | Failed));
         if !allowed {
             return Err(ApiError::internal(format!(
                 "session {} cannot go from {} to {}",
@@ -143,10 +123,7 @@ fn record_name(upload_id: &str) -> String {
 }
 
 fn valid_upload_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn new_upload_id() -> Result<String, ApiError> {
@@ -173,12 +150,7 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn new(store: Arc<dyn Store>, config: ServerConfig, metrics: Metrics) -> Sessions {
-        Sessions {
-            store,
-            config,
-            metrics,
-            locks: Mutex::new(HashMap::new()),
-        }
+        Sessions { store, config, metrics, locks: Mutex::new(HashMap::new()) }
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -200,20 +172,15 @@ impl Sessions {
             return Err(ApiError::not_found("upload_not_found", "no such upload"));
         }
         let record = self.store.get_record(&record_name(upload_id)).await?;
-        let record =
-            record.ok_or_else(|| ApiError::not_found("upload_not_found", "no such upload"))?;
-        let session: Session = serde_json::from_slice(&record.bytes).map_err(|e| {
-            ApiError::internal(format!("session record {upload_id} is unreadable: {e}"))
-        })?;
+        let record = record.ok_or_else(|| ApiError::not_found("upload_not_found", "no such upload"))?;
+        let session: Session = serde_json::from_slice(&record.bytes)
+            .map_err(|e| ApiError::internal(format!("session record {upload_id} is unreadable: {e}")))?;
         Ok((session, record.version))
     }
 
     async fn save(&self, session: &Session, condition: Condition) -> Result<String, ApiError> {
         let bytes = serde_json::to_vec(session).map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(self
-            .store
-            .put_record(&record_name(&session.upload_id), bytes, condition)
-            .await?)
+        Ok(self.store.put_record(&record_name(&session.upload_id), bytes, condition).await?)
     }
 
     pub fn part_url(
@@ -225,14 +192,7 @@ impl Sessions {
     ) -> PartUrl {
         let expires_at = now + self.config.url_ttl;
         let expires = unix(expires_at);
-        let sig = signer.sign(
-            "PUT",
-            Scope::Part {
-                upload_id,
-                part_number: span.part_number,
-            },
-            expires,
-        );
+        let sig = signer.sign("PUT", Scope::Part { upload_id, part_number: span.part_number }, expires);
         PartUrl {
             part_number: span.part_number,
             offset: span.offset,
@@ -241,25 +201,17 @@ impl Sessions {
                 "{}/p/{upload_id}/{}?expires={expires}&signature={sig}",
                 self.config.public_url, span.part_number
             ),
-            expires_at: time::OffsetDateTime::from_unix_timestamp(expires as i64)
-                .unwrap_or(expires_at),
+            expires_at: time::OffsetDateTime::from_unix_timestamp(expires as i64).unwrap_or(expires_at),
         }
     }
 
-    pub async fn create(
-        &self,
-        signer: &Signer,
-        req: CreateUpload,
-    ) -> Result<CreatedUpload, ApiError> {
+    pub async fn create(&self, signer: &Signer, req: CreateUpload) -> Result<CreatedUpload, ApiError> {
         let key = normalize_key(&req.name)?;
         let plan = PartPlan::new(req.size, req.part_size, &self.store.limits())?;
         if let Some(sha) = &req.sha256
             && !is_sha256_hex(sha)
         {
-            return Err(ApiError::bad_request(
-                "invalid_sha256",
-                "sha256 must be 64 hex digits",
-            ));
+            return Err(ApiError::bad_request("invalid_sha256", "sha256 must be 64 hex digits"));
         }
         if let Some(p) = &req.processor {
             return Err(ApiError::bad_request(
@@ -268,10 +220,7 @@ impl Sessions {
             ));
         }
         if req.webhook_url.is_some() {
-            return Err(ApiError::bad_request(
-                "webhooks_unsupported",
-                "this server does not deliver webhooks",
-            ));
+            return Err(ApiError::bad_request("webhooks_unsupported", "this server does not deliver webhooks"));
         }
         let meta_bytes: usize = req.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
         if meta_bytes > 8 * 1024 || req.content_type.as_ref().is_some_and(|c| c.len() > 256) {
@@ -314,10 +263,7 @@ impl Sessions {
         self.store.create_multipart(&upload_id).await?;
         self.save(&session, Condition::IfAbsent).await?;
         self.metrics.upload_entered(UploadState::Uploading);
-        let parts = plan
-            .parts()
-            .map(|span| self.part_url(signer, &upload_id, span, now))
-            .collect();
+        let parts = plan.parts().map(|span| self.part_url(signer, &upload_id, span, now)).collect();
         Ok(CreatedUpload {
             upload_id,
             key,
@@ -330,28 +276,18 @@ impl Sessions {
         })
     }
 
-    pub async fn sign(
-        &self,
-        signer: &Signer,
-        upload_id: &str,
-        part_numbers: &[u32],
-    ) -> Result<Vec<PartUrl>, ApiError> {
+    pub async fn sign(&self, signer: &Signer, upload_id: &str, part_numbers: &[u32]) -> Result<Vec<PartUrl>, ApiError> {
         let (session, _) = self.load(upload_id).await?;
         let now = now();
         session.require_open(now)?;
         let plan = session.plan()?;
         if part_numbers.len() > plan.part_count() as usize {
-            return Err(ApiError::bad_request(
-                "too_many_parts",
-                "more part numbers than the upload has parts",
-            ));
+            return Err(ApiError::bad_request("too_many_parts", "more part numbers than the upload has parts"));
         }
         part_numbers
             .iter()
             .map(|&n| {
-                let span = plan
-                    .part(n)
-                    .ok_or_else(|| invalid_part(n, plan.part_count()))?;
+                let span = plan.part(n).ok_or_else(|| invalid_part(n, plan.part_count()))?;
                 Ok(self.part_url(signer, upload_id, span, now))
             })
             .collect()
@@ -368,18 +304,13 @@ impl Sessions {
         let (session, _) = self.load(upload_id).await?;
         session.require_open(now())?;
         let plan = session.plan()?;
-        let span = plan
-            .part(part_number)
-            .ok_or_else(|| invalid_part(part_number, plan.part_count()))?;
+        let span = plan.part(part_number).ok_or_else(|| invalid_part(part_number, plan.part_count()))?;
         if let Some(len) = content_length
             && len != span.size
         {
             return Err(ApiError::bad_request(
                 "wrong_part_size",
-                format!(
-                    "part {part_number} is {} bytes; the request says {len}",
-                    span.size
-                ),
+                format!("part {part_number} is {} bytes; the request says {len}", span.size),
             ));
         }
         let locks = self.locks(upload_id);
@@ -387,11 +318,7 @@ impl Sessions {
         // Complete or cancel may have happened while this request waited for the lock.
         let (session, _) = self.load(upload_id).await?;
         session.require_open(now())?;
-        let part = match self
-            .store
-            .put_part(upload_id, part_number, span.size, body)
-            .await
-        {
+        let part = match self.store.put_part(upload_id, part_number, span.size, body).await {
             Err(StoreError::NoSuchUpload) => {
                 let (session, _) = self.load(upload_id).await?;
                 session.require_open(now())?;
@@ -413,15 +340,10 @@ impl Sessions {
         let (session, _) = self.load(upload_id).await?;
         session.require_open(now())?;
         let plan = session.plan()?;
-        plan.part(part_number)
-            .ok_or_else(|| invalid_part(part_number, plan.part_count()))?;
+        plan.part(part_number).ok_or_else(|| invalid_part(part_number, plan.part_count()))?;
         let part = self.store.head_part(upload_id, part_number).await?;
-        let part = part.ok_or_else(|| {
-            ApiError::not_found(
-                "part_not_found",
-                format!("part {part_number} has not been stored"),
-            )
-        })?;
+        let part = part
+            .ok_or_else(|| ApiError::not_found("part_not_found", format!("part {part_number} has not been stored")))?;
         if bare_etag(&part.etag) != bare_etag(etag) || part.size != size {
             return Err(ApiError::conflict(
                 "part_mismatch",
@@ -470,11 +392,7 @@ impl Sessions {
         })
     }
 
-    pub async fn complete(
-        &self,
-        upload_id: &str,
-        check: Option<Vec<CompletePart>>,
-    ) -> Result<ObjectInfo, ApiError> {
+    pub async fn complete(&self, upload_id: &str, check: Option<Vec<CompletePart>>) -> Result<ObjectInfo, ApiError> {
         if let Some(done) = self.completed_result(upload_id).await? {
             return Ok(done);
         }
@@ -490,49 +408,26 @@ impl Sessions {
         session.require_open(now)?;
         let plan = session.plan()?;
         let stored = self.store.list_parts(upload_id).await?;
-        let by_number: HashMap<u32, &PartInfo> =
-            stored.iter().map(|p| (p.part_number, p)).collect();
+        let by_number: HashMap<u32, &PartInfo> = stored.iter().map(|p| (p.part_number, p)).collect();
         let missing: Vec<u32> = plan
             .parts()
-            .filter(|s| {
-                by_number
-                    .get(&s.part_number)
-                    .is_none_or(|p| p.size != s.size)
-            })
+            .filter(|s| by_number.get(&s.part_number).is_none_or(|p| p.size != s.size))
             .map(|s| s.part_number)
             .collect();
         if !missing.is_empty() {
             return Err(ApiError::bad_request(
                 "missing_parts",
-                format!(
-                    "{} of {} parts are missing: {}",
-                    missing.len(),
-                    plan.part_count(),
-                    list_numbers(&missing)
-                ),
+                format!("{} of {} parts are missing: {}", missing.len(), plan.part_count(), list_numbers(&missing)),
             ));
         }
         if let Some(check) = check {
             check_etags(&check, &by_number, plan.part_count())?;
         }
-        let parts: Vec<PartInfo> = plan
-            .parts()
-            .filter_map(|s| by_number.get(&s.part_number).map(|p| (*p).clone()))
-            .collect();
-        let meta = ObjectMeta {
-            content_type: session.content_type.clone(),
-            metadata: session.metadata.clone(),
-        };
-        let info = self
-            .store
-            .complete_multipart(
-                upload_id,
-                &session.key,
-                &parts,
-                session.sha256.as_deref(),
-                meta,
-            )
-            .await?;
+        let parts: Vec<PartInfo> =
+            plan.parts().filter_map(|s| by_number.get(&s.part_number).map(|p| (*p).clone())).collect();
+        let meta = ObjectMeta { content_type: session.content_type.clone(), metadata: session.metadata.clone() };
+        let info =
+            self.store.complete_multipart(upload_id, &session.key, &parts, session.sha256.as_deref(), meta).await?;
         session.transition(UploadState::Completed, now)?;
         session.result = Some(info.clone());
         self.save(&session, Condition::IfMatch(version)).await?;
@@ -580,19 +475,13 @@ impl Sessions {
                 continue;
             };
             match self.load(id).await {
-                Ok((s, _)) if filter.is_none_or(|f| s.state_at(now) == f) => {
-                    out.push(s.summary(now))
-                }
+                Ok((s, _)) if filter.is_none_or(|f| s.state_at(now) == f) => out.push(s.summary(now)),
                 Ok(_) => {}
                 Err(e) if e.status == StatusCode::NOT_FOUND => {}
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| a.upload_id.cmp(&b.upload_id))
-        });
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.upload_id.cmp(&b.upload_id)));
         Ok(out)
     }
 
@@ -606,17 +495,13 @@ impl Sessions {
             let Ok((session, _)) = self.load(id).await else {
                 continue;
             };
-            if session.state != UploadState::Uploading
-                || session.state_at(now()) != UploadState::Expired
-            {
+            if session.state != UploadState::Uploading || session.state_at(now()) != UploadState::Expired {
                 continue;
             }
             let locks = self.locks(id);
             let _ops = locks.ops.lock().await;
             let (mut session, version) = self.load(id).await?;
-            if session.state != UploadState::Uploading
-                || session.state_at(now()) != UploadState::Expired
-            {
+            if session.state != UploadState::Uploading || session.state_at(now()) != UploadState::Expired {
                 continue;
             }
             session.transition(UploadState::Expired, now())?;
@@ -630,45 +515,25 @@ impl Sessions {
 }
 
 fn invalid_part(n: u32, count: u32) -> ApiError {
-    ApiError::bad_request(
-        "invalid_part_number",
-        format!("part number {n} is outside 1..={count}"),
-    )
+    ApiError::bad_request("invalid_part_number", format!("part number {n} is outside 1..={count}"))
 }
 
 fn list_numbers(ns: &[u32]) -> String {
     let shown: Vec<String> = ns.iter().take(20).map(u32::to_string).collect();
-    if ns.len() > 20 {
-        format!("{}, …", shown.join(", "))
-    } else {
-        shown.join(", ")
-    }
+    if ns.len() > 20 { format!("{}, …", shown.join(", ")) } else { shown.join(", ") }
 }
 
 /// The client's ETag list must name every part once, each with the ETag the server holds.
-fn check_etags(
-    check: &[CompletePart],
-    stored: &HashMap<u32, &PartInfo>,
-    part_count: u32,
-) -> Result<(), ApiError> {
+fn check_etags(check: &[CompletePart], stored: &HashMap<u32, &PartInfo>, part_count: u32) -> Result<(), ApiError> {
     let mut seen = vec![false; part_count as usize + 1];
     for c in check {
-        let Some(slot) = seen
-            .get_mut(c.part_number as usize)
-            .filter(|_| c.part_number > 0)
-        else {
+        let Some(slot) = seen.get_mut(c.part_number as usize).filter(|_| c.part_number > 0) else {
             return Err(invalid_part(c.part_number, part_count));
         };
         if std::mem::replace(slot, true) {
-            return Err(ApiError::bad_request(
-                "invalid_parts",
-                format!("part {} is listed twice", c.part_number),
-            ));
+            return Err(ApiError::bad_request("invalid_parts", format!("part {} is listed twice", c.part_number)));
         }
-        let held = stored
-            .get(&c.part_number)
-            .map(|p| bare_etag(&p.etag))
-            .unwrap_or_default();
+        let held = stored.get(&c.part_number).map(|p| bare_etag(&p.etag)).unwrap_or_default();
         if held != bare_etag(&c.etag) {
             return Err(ApiError::bad_request(
                 "etag_mismatch",

@@ -11,11 +11,7 @@ pub enum StoreError {
     #[error("part {0} is missing")]
     MissingPart(u32),
     #[error("part {part} has ETag {actual}, not {expected}")]
-    PartChanged {
-        part: u32,
-        expected: String,
-        actual: String,
-    },
+    PartChanged { part: u32, expected: String, actual: String },
     #[error("the body is longer than the part's {expected} bytes")]
     BodyTooLong { expected: u64 },
     #[error("the body has {received} bytes; the part has {expected}")]

@@ -64,13 +64,7 @@ impl FsStore {
         if swept > 0 {
             tracing::info!(swept, "removed temp files left by an interrupted write");
         }
-        Ok(FsStore {
-            inner: Arc::new(Inner {
-                root,
-                limits,
-                records: Mutex::new(()),
-            }),
-        })
+        Ok(FsStore { inner: Arc::new(Inner { root, limits, records: Mutex::new(()) }) })
     }
 
     pub fn root(&self) -> &Path {
@@ -97,10 +91,7 @@ impl FsStore {
         // An OS without randomness fails loudly at create_new below rather than here; the
         // all-zero fallback name then collides and errors instead of overwriting.
         let _ = getrandom::fill(&mut id);
-        TempPath {
-            path: self.inner.root.join("tmp").join(hex::encode(id)),
-            keep: false,
-        }
+        TempPath { path: self.inner.root.join("tmp").join(hex::encode(id)), keep: false }
     }
 }
 
@@ -145,16 +136,9 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn check_id(id: &str) -> Result<(), StoreError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidName(id.to_owned()))
-    }
+    let ok =
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok { Ok(()) } else { Err(StoreError::InvalidName(id.to_owned())) }
 }
 
 fn check_record_name(name: &str) -> Result<(), StoreError> {
@@ -164,15 +148,9 @@ fn check_record_name(name: &str) -> Result<(), StoreError> {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         });
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidName(name.to_owned()))
-    }
+    if ok { Ok(()) } else { Err(StoreError::InvalidName(name.to_owned())) }
 }
 
 fn part_file_name(n: u32) -> String {
@@ -195,18 +173,12 @@ fn version_of(bytes: &[u8]) -> String {
 fn read_part_trailer(file: &File, path: &Path) -> Result<(u64, String), StoreError> {
     let len = file.metadata()?.len();
     if len < PART_TRAILER {
-        return Err(StoreError::Corrupt(format!(
-            "{} is shorter than its trailer",
-            path.display()
-        )));
+        return Err(StoreError::Corrupt(format!("{} is shorter than its trailer", path.display())));
     }
     let mut trailer = [0u8; PART_TRAILER as usize];
     file.read_exact_at(&mut trailer, len - PART_TRAILER)?;
     if &trailer[16..] != PART_MAGIC {
-        return Err(StoreError::Corrupt(format!(
-            "{} has no part trailer",
-            path.display()
-        )));
+        return Err(StoreError::Corrupt(format!("{} has no part trailer", path.display())));
     }
     Ok((len - PART_TRAILER, hex::encode(&trailer[..16])))
 }
@@ -239,9 +211,7 @@ fn read_object_trailer(file: &File, path: &Path) -> Result<ObjectInfo, StoreErro
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Io(io::Error::other(e)))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Io(io::Error::other(e)))?
 }
 
 struct FsObjectReader {
@@ -289,11 +259,7 @@ impl Store for FsStore {
             return Err(StoreError::NoSuchUpload);
         }
         let mut tmp = self.temp();
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp.path)
-            .await?;
+        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp.path).await?;
         let mut out = BufWriter::with_capacity(COPY_BUF, file);
         let mut hasher = Sha256::new();
         let mut received = 0u64;
@@ -307,10 +273,7 @@ impl Store for FsStore {
             out.write_all(&chunk).await?;
         }
         if received != size {
-            return Err(StoreError::BodyTooShort {
-                expected: size,
-                received,
-            });
+            return Err(StoreError::BodyTooShort { expected: size, received });
         }
         let digest = hasher.finalize();
         out.write_all(&digest[..16]).await?;
@@ -325,11 +288,7 @@ impl Store for FsStore {
             other => Ok(other?),
         })
         .await?;
-        Ok(PartInfo {
-            part_number,
-            size,
-            etag: quote_etag(&hex::encode(&digest[..16])),
-        })
+        Ok(PartInfo { part_number, size, etag: quote_etag(&hex::encode(&digest[..16])) })
     }
 
     async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, StoreError> {
@@ -353,11 +312,7 @@ impl Store for FsStore {
                     other => other?,
                 };
                 match read_part_trailer(&file, &path) {
-                    Ok((size, etag)) => parts.push(PartInfo {
-                        part_number: n,
-                        size,
-                        etag: quote_etag(&etag),
-                    }),
+                    Ok((size, etag)) => parts.push(PartInfo { part_number: n, size, etag: quote_etag(&etag) }),
                     Err(StoreError::Corrupt(why)) => {
                         tracing::warn!(%why, "ignoring a damaged part; it will be uploaded again")
                     }
@@ -370,11 +325,7 @@ impl Store for FsStore {
         .await
     }
 
-    async fn head_part(
-        &self,
-        upload_id: &str,
-        part_number: u32,
-    ) -> Result<Option<PartInfo>, StoreError> {
+    async fn head_part(&self, upload_id: &str, part_number: u32) -> Result<Option<PartInfo>, StoreError> {
         let dir = self.upload_dir(upload_id)?;
         blocking(move || {
             if !dir.is_dir() {
@@ -386,11 +337,7 @@ impl Store for FsStore {
                 other => other?,
             };
             let (size, etag) = read_part_trailer(&file, &path)?;
-            Ok(Some(PartInfo {
-                part_number,
-                size,
-                etag: quote_etag(&etag),
-            }))
+            Ok(Some(PartInfo { part_number, size, etag: quote_etag(&etag) }))
         })
         .await
     }
@@ -413,10 +360,7 @@ impl Store for FsStore {
             if !dir.is_dir() {
                 return Err(StoreError::NoSuchUpload);
             }
-            let mut out = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp.path)?;
+            let mut out = OpenOptions::new().write(true).create_new(true).open(&tmp.path)?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; COPY_BUF];
             let mut total = 0u64;
@@ -450,10 +394,7 @@ impl Store for FsStore {
             if let Some(expected) = expected
                 && expected != sha256
             {
-                return Err(StoreError::ChecksumMismatch {
-                    expected,
-                    actual: sha256,
-                });
+                return Err(StoreError::ChecksumMismatch { expected, actual: sha256 });
             }
             let info = ObjectInfo {
                 key,
@@ -507,11 +448,7 @@ impl Store for FsStore {
             };
             let info = read_object_trailer(&file, &path)?;
             if info.key != key {
-                return Err(StoreError::Corrupt(format!(
-                    "{} holds {:?}, not {key:?}",
-                    path.display(),
-                    info.key
-                )));
+                return Err(StoreError::Corrupt(format!("{} holds {:?}, not {key:?}", path.display(), info.key)));
             }
             Ok(Box::new(FsObjectReader { info, file }) as Box<dyn ObjectReader>)
         })
@@ -568,30 +505,19 @@ impl Store for FsStore {
     async fn get_record(&self, name: &str) -> Result<Option<Record>, StoreError> {
         let path = self.record_path(name)?;
         blocking(move || match fs::read(&path) {
-            Ok(bytes) => Ok(Some(Record {
-                version: version_of(&bytes),
-                bytes,
-            })),
+            Ok(bytes) => Ok(Some(Record { version: version_of(&bytes), bytes })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         })
         .await
     }
 
-    async fn put_record(
-        &self,
-        name: &str,
-        bytes: Vec<u8>,
-        condition: Condition,
-    ) -> Result<String, StoreError> {
+    async fn put_record(&self, name: &str, bytes: Vec<u8>, condition: Condition) -> Result<String, StoreError> {
         let path = self.record_path(name)?;
         let mut tmp = self.temp();
         let inner = Arc::clone(&self.inner);
         blocking(move || {
-            let _guard = inner
-                .records
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _guard = inner.records.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let current = match fs::read(&path) {
                 Ok(b) => Some(version_of(&b)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -605,10 +531,7 @@ impl Store for FsStore {
             if !allowed {
                 return Err(StoreError::ConditionFailed);
             }
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp.path)?;
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp.path)?;
             file.write_all(&bytes)?;
             file.sync_all()?;
             drop(file);
@@ -633,11 +556,7 @@ impl Store for FsStore {
             let mut names = Vec::new();
             for entry in entries {
                 let entry = entry?;
-                if let Some(stem) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
-                {
+                if let Some(stem) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
                     names.push(format!("{folder}/{stem}"));
                 }
             }

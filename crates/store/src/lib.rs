@@ -85,16 +85,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, StoreError>;
 
     /// One stored part, if present.
-    async fn head_part(
-        &self,
-        upload_id: &str,
-        part_number: u32,
-    ) -> Result<Option<PartInfo>, StoreError> {
-        Ok(self
-            .list_parts(upload_id)
-            .await?
-            .into_iter()
-            .find(|p| p.part_number == part_number))
+    async fn head_part(&self, upload_id: &str, part_number: u32) -> Result<Option<PartInfo>, StoreError> {
+        Ok(self.list_parts(upload_id).await?.into_iter().find(|p| p.part_number == part_number))
     }
 
     /// Assembles `parts` (in order; each must still match its size and ETag) into the object `key`,
@@ -129,12 +121,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get_record(&self, name: &str) -> Result<Option<Record>, StoreError>;
 
     /// Writes a record if `condition` holds (else [`StoreError::ConditionFailed`]); returns its new version.
-    async fn put_record(
-        &self,
-        name: &str,
-        bytes: Vec<u8>,
-        condition: Condition,
-    ) -> Result<String, StoreError>;
+    async fn put_record(&self, name: &str, bytes: Vec<u8>, condition: Condition) -> Result<String, StoreError>;
 
     /// Names of the records under `prefix` (a `/`-terminated folder such as `sessions/`).
     async fn list_records(&self, prefix: &str) -> Result<Vec<String>, StoreError>;

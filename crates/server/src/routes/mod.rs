@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -26,10 +26,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .merge(uploads::routes())
         .merge(objects::api_routes())
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            crate::auth::require_bearer,
-        ));
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), crate::auth::require_bearer));
     Router::new()
         .nest("/v1", v1)
         .merge(parts::signed_routes())
@@ -38,9 +35,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(
-            state.config.max_json_bytes,
-        ))
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_json_bytes))
+        .layer(middleware::from_fn(close_after_refusal))
         .with_state(state)
 }
 
@@ -49,20 +45,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
 }
 
 /// Records each request's latency by route template, and logs it.
-async fn track(
-    State(state): State<Arc<AppState>>,
-    matched: Option<MatchedPath>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn track(State(state): State<Arc<AppState>>, matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
     let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
@@ -73,11 +60,7 @@ async fn track(
     state
         .metrics
         .request_duration
-        .get_or_create(&RequestLabels {
-            route,
-            method,
-            status,
-        })
+        .get_or_create(&RequestLabels { route, method, status })
         .observe(elapsed.as_secs_f64());
     res
 }
@@ -86,32 +69,51 @@ async fn track(
 /// goes quiet for `idle` is cut off rather than holding its slot forever.
 pub(crate) fn part_body(body: Body, metrics: Metrics, idle: Duration) -> ByteStream {
     let stream = body.into_data_stream();
-    Box::pin(futures_util::stream::unfold(
-        (stream, false),
-        move |(mut s, failed)| {
-            let metrics = metrics.clone();
-            async move {
-                if failed {
-                    return None;
-                }
-                match tokio::time::timeout(idle, s.next()).await {
-                    Err(_) => Some((
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the part body stalled",
-                        )),
-                        (s, true),
-                    )),
-                    Ok(None) => None,
-                    Ok(Some(Ok(bytes))) => {
-                        metrics.bytes_received.inc_by(bytes.len() as u64);
-                        Some((Ok(bytes), (s, false)))
-                    }
-                    Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), (s, true))),
-                }
+    Box::pin(futures_util::stream::unfold((stream, false), move |(mut s, failed)| {
+        let metrics = metrics.clone();
+        async move {
+            if failed {
+                return None;
             }
-        },
-    ))
+            match tokio::time::timeout(idle, s.next()).await {
+                Err(_) => {
+                    Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the part body stalled")), (s, true)))
+                }
+                Ok(None) => None,
+                Ok(Some(Ok(bytes))) => {
+                    metrics.bytes_received.inc_by(bytes.len() as u64);
+                    Some((Ok(bytes), (s, false)))
+                }
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), (s, true))),
+            }
+        }
+    }))
+}
+
+/// The answer to a part PUT: its ETag as a header and the part as JSON.
+pub(crate) fn part_put_response(result: Result<ferry_core::api::PartInfo, ApiError>) -> Response {
+    let part = match result {
+        Ok(part) => part,
+        Err(e) => return e.into_response(),
+    };
+    let mut res = json(StatusCode::OK, &part);
+    if let Ok(v) = HeaderValue::from_str(&part.etag) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
+    res
+}
+
+/// A refusal often comes before the request body is read (bad signature, wrong size, too large),
+/// and the server will not read the rest. Saying `Connection: close` stops the client from sending
+/// its next request on a connection that is about to be dropped.
+async fn close_after_refusal(req: Request, next: Next) -> Response {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    let mut res = next.run(req).await;
+    if has_body && (res.status().is_client_error() || res.status().is_server_error()) {
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
 }
 
 /// A JSON response with a status.

@@ -22,12 +22,7 @@ use crate::error::ApiError;
 use crate::extract::{Path, Query};
 
 /// Percent-encodes everything but unreserved characters and `/`, which separates key segments.
-const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'/');
+const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
 
 pub(super) fn api_routes() -> Router<Arc<AppState>> {
     Router::new().route("/objects/{*key}", get(get_object).post(sign_object))
@@ -59,15 +54,9 @@ async fn get_signed(
     serve_object(&st, &key, method == Method::HEAD, &headers).await
 }
 
-async fn sign_object(
-    State(st): State<Arc<AppState>>,
-    Path(path): Path<String>,
-) -> Result<Response, ApiError> {
+async fn sign_object(State(st): State<Arc<AppState>>, Path(path): Path<String>) -> Result<Response, ApiError> {
     let Some(key) = path.strip_suffix("/sign") else {
-        return Err(ApiError::not_found(
-            "not_found",
-            "POST /v1/objects/{key}/sign is the only POST on objects",
-        ));
+        return Err(ApiError::not_found("not_found", "POST /v1/objects/{key}/sign is the only POST on objects"));
     };
     let key = normalize_key(key)?;
     st.sessions.store().head_object(&key).await?;
@@ -80,33 +69,20 @@ async fn sign_object(
         st.config.public_url,
         utf8_percent_encode(&key, KEY_SEGMENT)
     );
-    Ok(json(
-        StatusCode::OK,
-        &SignedUrl {
-            url,
-            expires_at: expires_at.replace_nanosecond(0).unwrap_or(expires_at),
-        },
-    ))
+    Ok(json(StatusCode::OK, &SignedUrl { url, expires_at: expires_at.replace_nanosecond(0).unwrap_or(expires_at) }))
 }
 
 const HTTP_DATE: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
     "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
 );
 
-async fn serve_object(
-    st: &AppState,
-    key: &str,
-    head: bool,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+async fn serve_object(st: &AppState, key: &str, head: bool, headers: &HeaderMap) -> Result<Response, ApiError> {
     let reader = st.sessions.store().open_object(key).await?;
     let info = reader.info().clone();
     let range = match headers.get(header::RANGE) {
         None => None,
         Some(v) => {
-            let text = v
-                .to_str()
-                .map_err(|_| ferry_core::range::RangeError::Malformed);
+            let text = v.to_str().map_err(|_| ferry_core::range::RangeError::Malformed);
             match text.and_then(|t| parse_range(t, info.size)) {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -121,31 +97,18 @@ async fn serve_object(
         Some(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.len()),
         None => (StatusCode::OK, 0, info.size),
     };
-    let body = if head {
-        Body::empty()
-    } else {
-        Body::from_stream(reader.read(start, len))
-    };
+    let body = if head { Body::empty() } else { Body::from_stream(reader.read(start, len)) };
     let mut res = Response::new(body);
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let content_type = info
-        .content_type
-        .as_deref()
-        .unwrap_or("application/octet-stream");
+    let content_type = info.content_type.as_deref().unwrap_or("application/octet-stream");
     let pairs = [
         (header::CONTENT_TYPE, Some(content_type.to_owned())),
         (header::ETAG, Some(info.etag.clone())),
-        (
-            header::LAST_MODIFIED,
-            info.last_modified.format(HTTP_DATE).ok(),
-        ),
-        (
-            header::CONTENT_RANGE,
-            range.map(|r| r.content_range(info.size)),
-        ),
+        (header::LAST_MODIFIED, info.last_modified.format(HTTP_DATE).ok()),
+        (header::CONTENT_RANGE, range.map(|r| r.content_range(info.size))),
     ];
     for (name, value) in pairs {
         if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {

@@ -11,17 +11,14 @@ use axum::response::Response;
 use axum::routing::put;
 use ferry_core::sign::Scope;
 
-use super::part_body;
-use super::uploads::{content_length, parse_part_number, part_response};
+use super::uploads::{content_length, parse_part_number};
+use super::{part_body, part_put_response};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 
 pub(super) fn signed_routes() -> Router<Arc<AppState>> {
-    Router::new().route(
-        "/p/{id}/{n}",
-        put(put_signed).layer(DefaultBodyLimit::disable()),
-    )
+    Router::new().route("/p/{id}/{n}", put(put_signed).layer(DefaultBodyLimit::disable()))
 }
 
 /// The query of every signed URL.
@@ -33,18 +30,11 @@ pub(super) struct SignatureQuery {
 
 impl SignatureQuery {
     /// Checks the signature for `method` on `scope` now.
-    pub(super) fn verify(
-        &self,
-        st: &AppState,
-        method: &str,
-        scope: Scope<'_>,
-    ) -> Result<(), ApiError> {
+    pub(super) fn verify(&self, st: &AppState, method: &str, scope: Scope<'_>) -> Result<(), ApiError> {
         let (Some(expires), Some(signature)) = (&self.expires, &self.signature) else {
             return Err(ferry_core::sign::SignError::Malformed.into());
         };
-        let expires: u64 = expires
-            .parse()
-            .map_err(|_| ApiError::from(ferry_core::sign::SignError::Malformed))?;
+        let expires: u64 = expires.parse().map_err(|_| ApiError::from(ferry_core::sign::SignError::Malformed))?;
         let now = u64::try_from(crate::sessions::now().unix_timestamp()).unwrap_or(0);
         st.signer.verify(method, scope, expires, signature, now)?;
         Ok(())
@@ -57,18 +47,13 @@ async fn put_signed(
     Query(q): Query<SignatureQuery>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    let n = parse_part_number(&n)?;
-    q.verify(
-        &st,
-        "PUT",
-        Scope::Part {
-            upload_id: &id,
-            part_number: n,
-        },
-    )?;
-    let len = content_length(&headers)?;
-    let body = part_body(body, st.metrics.clone(), st.config.body_idle_timeout);
-    let part = st.sessions.put_part(&id, n, len, body).await?;
-    Ok(part_response(&part))
+) -> Response {
+    let result = async {
+        let n = parse_part_number(&n)?;
+        q.verify(&st, "PUT", Scope::Part { upload_id: &id, part_number: n })?;
+        let len = content_length(&headers)?;
+        let body = part_body(body, st.metrics.clone(), st.config.body_idle_timeout);
+        st.sessions.put_part(&id, n, len, body).await
+    };
+    part_put_response(result.await)
 }

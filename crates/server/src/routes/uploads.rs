@@ -8,12 +8,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post, put};
-use ferry_core::api::{
-    Complete, CreateUpload, PartDone, SignParts, SignedParts, UploadList, UploadState,
-};
+use ferry_core::api::{Complete, CreateUpload, PartDone, SignParts, SignedParts, UploadList, UploadState};
 use serde::Deserialize;
 
-use super::{json, part_body};
+use super::{json, part_body, part_put_response};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Json, OptionalJson, Path, Query};
@@ -23,18 +21,12 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/uploads", post(create).get(list))
         .route("/uploads/{id}", get(status).delete(cancel))
         .route("/uploads/{id}/parts/sign", post(sign))
-        .route(
-            "/uploads/{id}/parts/{n}",
-            put(put_part).layer(DefaultBodyLimit::disable()),
-        )
+        .route("/uploads/{id}/parts/{n}", put(put_part).layer(DefaultBodyLimit::disable()))
         .route("/uploads/{id}/parts/{n}/done", post(part_done))
         .route("/uploads/{id}/complete", post(complete))
 }
 
-async fn create(
-    State(st): State<Arc<AppState>>,
-    Json(req): Json<CreateUpload>,
-) -> Result<Response, ApiError> {
+async fn create(State(st): State<Arc<AppState>>, Json(req): Json<CreateUpload>) -> Result<Response, ApiError> {
     let created = st.sessions.create(&st.signer, req).await?;
     Ok(json(StatusCode::CREATED, &created))
 }
@@ -44,34 +36,22 @@ struct ListQuery {
     state: Option<String>,
 }
 
-async fn list(
-    State(st): State<Arc<AppState>>,
-    Query(q): Query<ListQuery>,
-) -> Result<Response, ApiError> {
+async fn list(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
     let filter = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(UploadState::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_state",
-                "state must be uploading, completed, cancelled, expired or failed",
-            )
+            ApiError::bad_request("invalid_state", "state must be uploading, completed, cancelled, expired or failed")
         })?),
     };
     let uploads = st.sessions.list(filter).await?;
     Ok(json(StatusCode::OK, &UploadList { uploads }))
 }
 
-async fn status(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn status(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(json(StatusCode::OK, &st.sessions.status(&id).await?))
 }
 
-async fn cancel(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn cancel(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(json(StatusCode::OK, &st.sessions.cancel(&id).await?))
 }
 
@@ -85,9 +65,7 @@ async fn sign(
 }
 
 pub(super) fn parse_part_number(n: &str) -> Result<u32, ApiError> {
-    n.parse::<u32>().map_err(|_| {
-        ApiError::bad_request("invalid_part_number", format!("{n:?} is not a part number"))
-    })
+    n.parse::<u32>().map_err(|_| ApiError::bad_request("invalid_part_number", format!("{n:?} is not a part number")))
 }
 
 pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -97,23 +75,9 @@ pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiErro
             v.to_str()
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_content_length",
-                        "Content-Length is not a number",
-                    )
-                })
+                .ok_or_else(|| ApiError::bad_request("invalid_content_length", "Content-Length is not a number"))
         })
         .transpose()
-}
-
-/// Answers a stored part: 200, its ETag as a header and the part as JSON.
-pub(super) fn part_response(part: &ferry_core::api::PartInfo) -> Response {
-    let mut res = json(StatusCode::OK, part);
-    if let Ok(v) = header::HeaderValue::from_str(&part.etag) {
-        res.headers_mut().insert(header::ETAG, v);
-    }
-    res
 }
 
 async fn put_part(
@@ -121,12 +85,14 @@ async fn put_part(
     Path((id, n)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    let n = parse_part_number(&n)?;
-    let len = content_length(&headers)?;
-    let body = part_body(body, st.metrics.clone(), st.config.body_idle_timeout);
-    let part = st.sessions.put_part(&id, n, len, body).await?;
-    Ok(part_response(&part))
+) -> Response {
+    let result = async {
+        let n = parse_part_number(&n)?;
+        let len = content_length(&headers)?;
+        let body = part_body(body, st.metrics.clone(), st.config.body_idle_timeout);
+        st.sessions.put_part(&id, n, len, body).await
+    };
+    part_put_response(result.await)
 }
 
 async fn part_done(

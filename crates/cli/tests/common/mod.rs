@@ -1,0 +1,166 @@
+//! Test harness: a real `ferry serve` process on 127.0.0.1 with a temp data dir.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+pub const TOKEN: &str = "test-token";
+
+pub struct TestServer {
+    pub child: Child,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    extra: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+fn spawn(data_dir: &Path, extra: &[String]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", TOKEN, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("FERRY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ferry serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    (child, url)
+}
+
+impl TestServer {
+    pub fn start(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, url) = spawn(dir.path(), &extra);
+        TestServer { child, url, dir, extra, http: reqwest::Client::new() }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// `kill -9`, then start again on the same data dir (on a new port).
+    pub fn crash_and_restart(&mut self) {
+        self.kill9();
+        let (child, url) = spawn(self.dir.path(), &self.extra);
+        self.child = child;
+        self.url = url;
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/v1{}", self.url, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.api(path)).bearer_auth(TOKEN).send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http.post(self.api(path)).bearer_auth(TOKEN).json(&body).send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http.delete(self.api(path)).bearer_auth(TOKEN).send().await.unwrap()
+    }
+
+    pub async fn create(&self, name: &str, data: &[u8], part_size: u64) -> Value {
+        let res = self
+            .post(
+                "/uploads",
+                json!({"name": name, "size": data.len(), "part_size": part_size, "sha256": sha256_hex(data)}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "{:?}", res.text().await);
+        res.json().await.unwrap()
+    }
+
+    pub async fn put_url(&self, url: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http.put(url).body(body).send().await.unwrap()
+    }
+
+    /// PUTs every part of `created` from `data` through its signed URL.
+    pub async fn put_all(&self, created: &Value, data: &[u8]) {
+        for p in created["parts"].as_array().unwrap() {
+            let res = self.put_url(p["url"].as_str().unwrap(), slice(data, p).to_vec()).await;
+            assert_eq!(res.status(), 200, "{:?}", res.text().await);
+        }
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn slice<'a>(data: &'a [u8], part: &Value) -> &'a [u8] {
+    let off = part["offset"].as_u64().unwrap() as usize;
+    let size = part["size"].as_u64().unwrap() as usize;
+    &data[off..off + size]
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Asserts an error response's status and JSON error code.
+pub async fn assert_error(res: reqwest::Response, status: u16, code: &str) {
+    let got = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    assert_eq!(got, status, "body: {text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    assert_eq!(v["error"]["code"], code, "body: {text}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {text}");
+}
+
+/// Waits until `cond` holds, polling; panics after `limit`.
+pub async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "condition not met within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
