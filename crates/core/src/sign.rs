@@ -88,6 +88,26 @@ impl Signer {
         }
         Ok(())
     }
+
+    /// Checks the `expires` and `signature` query values of a signed URL as they arrived (either
+    /// may be missing or garbage).
+    pub fn verify_query(
+        &self,
+        method: &str,
+        scope: Scope<'_>,
+        expires: Option<&str>,
+        signature: Option<&str>,
+        now: u64,
+    ) -> Result<(), SignError> {
+        let (Some(expires), Some(signature)) = (expires, signature) else {
+            return Err(SignError::Malformed);
+        };
+        if expires.is_empty() || !expires.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SignError::Malformed);
+        }
+        let expires: u64 = expires.parse().map_err(|_| SignError::Malformed)?;
+        self.verify(method, scope, expires, signature, now)
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +140,20 @@ mod tests {
             assert_eq!(s.verify(method, scope, exp, &sig, 0), Err(SignError::Invalid), "{method} {scope:?} {exp}");
         }
         assert_eq!(Signer::new(b"other".to_vec()).verify("PUT", PART, 1000, &sig, 0), Err(SignError::Invalid));
+    }
+
+    #[test]
+    fn query_values_are_checked_as_strings() {
+        let s = Signer::new(b"secret".to_vec());
+        let sig = s.sign("PUT", PART, 1000);
+        assert_eq!(s.verify_query("PUT", PART, Some("1000"), Some(&sig), 5), Ok(()));
+        for exp in [None, Some(""), Some("+1000"), Some("1000 "), Some("0x3e8"), Some("99999999999999999999999")] {
+            assert_eq!(s.verify_query("PUT", PART, exp, Some(&sig), 5), Err(SignError::Malformed), "{exp:?}");
+        }
+        assert_eq!(s.verify_query("PUT", PART, Some("1000"), None, 5), Err(SignError::Malformed));
+        // The signature covers the number, so another spelling of it grants nothing more.
+        assert_eq!(s.verify_query("PUT", PART, Some("01000"), Some(&sig), 5), Ok(()));
+        assert_eq!(s.verify_query("PUT", PART, Some("1001"), Some(&sig), 5), Err(SignError::Invalid));
     }
 
     #[test]

@@ -31,12 +31,8 @@ pub(super) struct SignatureQuery {
 impl SignatureQuery {
     /// Checks the signature for `method` on `scope` now.
     pub(super) fn verify(&self, st: &AppState, method: &str, scope: Scope<'_>) -> Result<(), ApiError> {
-        let (Some(expires), Some(signature)) = (&self.expires, &self.signature) else {
-            return Err(ferry_core::sign::SignError::Malformed.into());
-        };
-        let expires: u64 = expires.parse().map_err(|_| ApiError::from(ferry_core::sign::SignError::Malformed))?;
         let now = u64::try_from(crate::sessions::now().unix_timestamp()).unwrap_or(0);
-        st.signer.verify(method, scope, expires, signature, now)?;
+        st.signer.verify_query(method, scope, self.expires.as_deref(), self.signature.as_deref(), now)?;
         Ok(())
     }
 }
