@@ -291,3 +291,21 @@ async fn sigterm_finishes_parts_in_flight_then_exits_0() {
     let st = status(&srv, &id).await;
     assert_eq!(st["parts"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn complete_checks_a_sha256_given_at_complete() {
+    let srv = TestServer::start(&[]);
+    let body = data(90 * KIB, 18);
+    let res = srv.post("/uploads", json!({"name": "late-hash", "size": body.len(), "part_size": 65536})).await;
+    let created: Value = res.json().await.unwrap();
+    srv.put_all(&created, &body).await;
+    let id = created["upload_id"].as_str().unwrap();
+    let complete = |sha: String| srv.post(&format!("/uploads/{id}/complete"), json!({ "sha256": sha }));
+    assert_error(complete("0".repeat(64)).await, 422, "sha256_mismatch").await;
+    assert_eq!(status(&srv, id).await["state"], "uploading");
+    assert_error(complete("xyz".into()).await, 400, "invalid_sha256").await;
+    let res = complete(sha256_hex(&body).to_uppercase()).await;
+    assert_eq!(res.status(), 200);
+    assert_error(complete("0".repeat(64)).await, 422, "sha256_mismatch").await;
+    assert_eq!(complete(sha256_hex(&body)).await.status(), 200);
+}

@@ -178,11 +178,15 @@ pub struct UploadList {
     pub uploads: Vec<UploadSummary>,
 }
 
-/// `POST /v1/uploads/{id}/complete`; an empty body means "no ETags to check".
+/// `POST /v1/uploads/{id}/complete`; an empty body means "nothing more to check".
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Complete {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<Vec<CompletePart>>,
+    /// Hex SHA-256 of the whole file, for a client that learns it while uploading. Checked like the
+    /// one given at create (both, when both are given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,5 +13,7 @@ pub mod api;
 pub mod key;
 pub mod plan;
 pub mod range;
+pub mod resume;
+pub mod schedule;
 pub mod sign;
 pub mod units;

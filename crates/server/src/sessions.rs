@@ -392,9 +392,23 @@ impl Sessions {
         })
     }
 
-    pub async fn complete(&self, upload_id: &str, check: Option<Vec<CompletePart>>) -> Result<ObjectInfo, ApiError> {
+    pub async fn complete(
+        &self,
+        upload_id: &str,
+        check: Option<Vec<CompletePart>>,
+        sha256: Option<String>,
+    ) -> Result<ObjectInfo, ApiError> {
+        if let Some(sha) = &sha256
+            && !is_sha256_hex(sha)
+        {
+            return Err(ApiError::bad_request("invalid_sha256", "sha256 must be 64 hex digits"));
+        }
+        let sha256 = sha256.map(|s| s.to_ascii_lowercase());
         if let Some(done) = self.completed_result(upload_id).await? {
-            return Ok(done);
+            return match sha256 {
+                Some(sha) if sha != done.sha256 => Err(sha_mismatch(&sha, &done.sha256)),
+                _ => Ok(done),
+            };
         }
         let locks = self.locks(upload_id);
         let _ops = locks.ops.lock().await;
@@ -512,6 +526,14 @@ impl Sessions {
         }
         Ok(expired)
     }
+}
+
+fn sha_mismatch(given: &str, actual: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "sha256_mismatch",
+        format!("the SHA-256 given, {given}, does not match {actual}"),
+    )
 }
 
 fn invalid_part(n: u32, count: u32) -> ApiError {

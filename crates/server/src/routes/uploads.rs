@@ -110,6 +110,6 @@ async fn complete(
     Path(id): Path<String>,
     OptionalJson(req): OptionalJson<Complete>,
 ) -> Result<Response, ApiError> {
-    let info = st.sessions.complete(&id, req.parts).await?;
+    let info = st.sessions.complete(&id, req.parts, req.sha256).await?;
     Ok(json(StatusCode::OK, &info))
 }
