@@ -300,7 +300,8 @@ async fn complete_checks_a_sha256_given_at_complete() {
     let created: Value = res.json().await.unwrap();
     srv.put_all(&created, &body).await;
     let id = created["upload_id"].as_str().unwrap();
-    let complete = |sha: String| srv.post(&format!("/uploads/{id}/complete"), json!({ "sha256": sha }));
+    let path = format!("/uploads/{id}/complete");
+    let complete = |sha: String| srv.post(&path, json!({ "sha256": sha }));
     assert_error(complete("0".repeat(64)).await, 422, "sha256_mismatch").await;
     assert_eq!(status(&srv, id).await["state"], "uploading");
     assert_error(complete("xyz".into()).await, 400, "invalid_sha256").await;
