@@ -439,9 +439,12 @@ impl Sessions {
         }
         let parts: Vec<PartInfo> =
             plan.parts().filter_map(|s| by_number.get(&s.part_number).map(|p| (*p).clone())).collect();
+        let expected = match (&session.sha256, &sha256) {
+            (Some(at_create), Some(now)) if at_create != now => return Err(sha_mismatch(now, at_create)),
+            (at_create, now) => at_create.clone().or_else(|| now.clone()),
+        };
         let meta = ObjectMeta { content_type: session.content_type.clone(), metadata: session.metadata.clone() };
-        let info =
-            self.store.complete_multipart(upload_id, &session.key, &parts, session.sha256.as_deref(), meta).await?;
+        let info = self.store.complete_multipart(upload_id, &session.key, &parts, expected.as_deref(), meta).await?;
         session.transition(UploadState::Completed, now)?;
         session.result = Some(info.clone());
         self.save(&session, Condition::IfMatch(version)).await?;
