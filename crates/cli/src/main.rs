@@ -1,6 +1,12 @@
 //! `ferry`: move large files reliably and fast. This binary is thin: it parses the command line,
 //! sets up logging, and hands over to the library crates.
 
+mod admin;
+mod client;
+mod get;
+mod output;
+mod progress;
+mod put;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +22,16 @@ struct Cli {
 enum Command {
     /// Run the server: control-plane API, signed part URLs and the embedded store.
     Serve(serve::ServeArgs),
+    /// Upload files: parallel parts, retries, resumes after a crash of either side.
+    Put(put::PutArgs),
+    /// Download an object: parallel ranges, resumable, SHA-256 verified.
+    Get(get::GetArgs),
+    /// Show an upload session.
+    Status(admin::StatusArgs),
+    /// List upload sessions.
+    Ls(admin::LsArgs),
+    /// Cancel an upload session and delete its parts.
+    Cancel(admin::CancelArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +53,11 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Put(args) => put::run(args).await,
+            Command::Get(args) => get::run(args).await,
+            Command::Status(args) => admin::status(args).await,
+            Command::Ls(args) => admin::ls(args).await,
+            Command::Cancel(args) => admin::cancel(args).await,
         }
     });
     match result {

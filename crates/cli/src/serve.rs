@@ -89,7 +89,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server =
         Server::open(config).with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;
 
-    println!("ferry serve: listening on {public_url} (data in {})", args.data_dir.display());
+    let listening = format!("http://{local}");
+    if listening == public_url {
+        println!("ferry serve: listening on {listening} (data in {})", args.data_dir.display());
+    } else {
+        println!(
+            "ferry serve: listening on {listening} (signed URLs use {public_url}; data in {})",
+            args.data_dir.display()
+        );
+    }
     if args.tokens.is_empty() {
         let token = server.tokens().first().cloned().unwrap_or_default();
         println!("token kept in {}", args.data_dir.join("token").display());

@@ -157,11 +157,11 @@ mod tests {
         let journal: BTreeMap<u32, String> =
             [(1, "a".to_owned()), (2, "\"b\"".to_owned()), (3, "c".to_owned())].into_iter().collect();
         let server = [
-            part(1, 65536, "a"),  // agreed
-            part(2, 65536, "x"),  // someone else's bytes
-            part(4, 65536, "d"),  // stored, not yet journaled
-            part(5, 9, "e"),      // wrong size for the plan: not done
-            part(9, 65536, "z"),  // not in the plan
+            part(1, 65536, "a"), // agreed
+            part(2, 65536, "x"), // someone else's bytes
+            part(4, 65536, "d"), // stored, not yet journaled
+            part(5, 9, "e"),     // wrong size for the plan: not done
+            part(9, 65536, "z"), // not in the plan
         ];
         let r = reconcile(&plan, &journal, &server);
         assert_eq!(r.done.keys().copied().collect::<Vec<_>>(), vec![1, 4]);

@@ -346,7 +346,13 @@ mod tests {
         let t = Instant::now();
         let mut delays = Vec::new();
         for seed in 0..200 {
-            let mut s = Scheduler::new(spans(1, 65536), |_| false, 1, RetryPolicy { max_attempts: 100, max_retries: 100, ..P }, seed);
+            let mut s = Scheduler::new(
+                spans(1, 65536),
+                |_| false,
+                1,
+                RetryPolicy { max_attempts: 100, max_retries: 100, ..P },
+                seed,
+            );
             let mut last = Duration::ZERO;
             for _ in 0..10 {
                 s.poll(t + Duration::from_secs(3600));

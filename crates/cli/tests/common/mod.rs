@@ -1,6 +1,10 @@
 //! Test harness: a real `ferry serve` process on 127.0.0.1 with a temp data dir.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod proxy;
+
+use tokio::io::AsyncBufReadExt;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,9 +23,9 @@ pub struct TestServer {
     pub http: reqwest::Client,
 }
 
-fn spawn(data_dir: &Path, extra: &[String]) -> (Child, String) {
+fn spawn(data_dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--token", TOKEN, "--data-dir"])
+        .args(["serve", "--listen", listen, "--token", TOKEN, "--data-dir"])
         .arg(data_dir)
         .args(extra)
         .env("FERRY_LOG", "warn")
@@ -44,7 +48,7 @@ impl TestServer {
     pub fn start(extra: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn(dir.path(), &extra);
+        let (child, url) = spawn(dir.path(), "127.0.0.1:0", &extra);
         TestServer { child, url, dir, extra, http: reqwest::Client::new() }
     }
 
@@ -55,7 +59,17 @@ impl TestServer {
     /// `kill -9`, then start again on the same data dir (on a new port).
     pub fn crash_and_restart(&mut self) {
         self.kill9();
-        let (child, url) = spawn(self.dir.path(), &self.extra);
+        let (child, url) = spawn(self.dir.path(), "127.0.0.1:0", &self.extra);
+        self.child = child;
+        self.url = url;
+    }
+
+    /// `kill -9`, then start again on the same data dir and the same port, after `down` of outage.
+    pub fn crash_and_restart_in_place(&mut self, down: Duration) {
+        self.kill9();
+        std::thread::sleep(down);
+        let listen = self.url.strip_prefix("http://").unwrap().to_owned();
+        let (child, url) = spawn(self.dir.path(), &listen, &self.extra);
         self.child = child;
         self.url = url;
     }
@@ -163,4 +177,76 @@ pub async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
 
 pub fn files_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A `ferry` client command against `server`, with its own state dir, printing JSON lines.
+pub fn ferry(server: &str, state_dir: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(args)
+        .args(["--server", server, "--token", TOKEN])
+        .env("FERRY_STATE_DIR", state_dir)
+        .env("FERRY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs a command to the end; returns its exit success, its JSON lines and its stderr.
+pub async fn run_json(mut cmd: tokio::process::Command) -> (bool, Vec<Value>, String) {
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output()).await.expect("command timed out").unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l:?}")))
+        .collect();
+    (out.status.success(), lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+pub type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Starts a command and reads its JSON lines until `stop` says so; returns the running child and
+/// the rest of its output, still open.
+pub async fn run_until(
+    mut cmd: tokio::process::Command,
+    mut stop: impl FnMut(&Value) -> bool,
+) -> (tokio::process::Child, Lines, Vec<Value>) {
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let done = stop(&v);
+        seen.push(v);
+        if done {
+            return (child, lines, seen);
+        }
+    }
+    panic!("the command ended before the stop condition; saw {} lines: {:?}", seen.len(), seen.last());
+}
+
+/// The final `result` line of a run.
+pub fn result_of(lines: &[Value]) -> &Value {
+    lines.iter().rev().find(|v| v["type"] == "result").expect("no result line")
+}
+
+/// Progress as a fraction, from a `progress` event.
+pub fn progress_fraction(v: &Value) -> Option<f64> {
+    (v["type"] == "progress").then(|| v["bytes"].as_f64().unwrap() / v["size"].as_f64().unwrap().max(1.0))
+}
+
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Reads the rest of a command's JSON lines and waits for it; returns its exit success.
+pub async fn finish(mut child: tokio::process::Child, mut lines: Lines, seen: &mut Vec<Value>) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
+        seen.push(serde_json::from_str(&line).unwrap());
+    }
+    tokio::time::timeout_at(deadline, child.wait()).await.unwrap().unwrap().success()
 }

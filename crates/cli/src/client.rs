@@ -1,0 +1,58 @@
+//! What every client command shares: where the server is, the token, and output modes.
+
+use std::sync::Arc;
+
+use clap::Args;
+use ferry_client::Api;
+
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// The ferry server's URL.
+    #[arg(long, env = "FERRY_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+
+    /// Bearer token (`ferry serve` prints it on first start and keeps it in its data dir).
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ServerArgs {
+    pub fn api(&self) -> anyhow::Result<Arc<Api>> {
+        let token = self.token.as_deref().unwrap_or_default();
+        Ok(Arc::new(Api::new(&self.server, token)?))
+    }
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// Print one JSON object per event and a JSON result per file, instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bars; print only the results and anything that needs attention.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    ferry_core::units::parse_size(s).map_err(|e| e.to_string())
+}
+
+pub fn parse_concurrency(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=256).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a concurrency between 1 and 256")),
+    }
+}
+
+/// `12.3 MiB`-style sizes for people.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}

@@ -1,0 +1,116 @@
+//! `ferry put`: upload files, resumably.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::bail;
+use clap::Args;
+use ferry_client::{UploadOptions, events, journal};
+use ferry_core::schedule::RetryPolicy;
+use futures_util::StreamExt;
+
+use crate::client::{OutputArgs, ServerArgs, human_bytes, parse_concurrency, parse_size};
+
+/// Files uploaded side by side; their parts share the one concurrency budget.
+const FILES_AT_ONCE: usize = 4;
+
+#[derive(Args)]
+pub struct PutArgs {
+    /// Files to upload, in one queue.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+
+    /// Object key (one file only). Default: the file's name.
+    #[arg(long)]
+    key: Option<String>,
+
+    /// Part size, e.g. 8MiB. Default: the server's (8 MiB, more for files over 80 GB).
+    #[arg(long, value_parser = parse_size)]
+    part_size: Option<u64>,
+
+    /// Parts in flight at once, across all files. Memory use is about this × the part size.
+    #[arg(long, default_value = "8", value_parser = parse_concurrency)]
+    concurrency: usize,
+
+    /// Attempts per part before giving up.
+    #[arg(long, default_value = "10")]
+    retries: u32,
+
+    /// Content-Type recorded with the object.
+    #[arg(long)]
+    content_type: Option<String>,
+
+    #[command(flatten)]
+    server: ServerArgs,
+
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+pub async fn run(args: PutArgs) -> anyhow::Result<()> {
+    if args.key.is_some() && args.files.len() > 1 {
+        bail!("--key names one object; give one file with it");
+    }
+    if args.retries == 0 {
+        bail!("--retries must be at least 1");
+    }
+    let api = args.server.api()?;
+    let mut opts = UploadOptions::new(journal::default_state_dir());
+    opts.key = args.key.clone();
+    opts.part_size = args.part_size;
+    opts.concurrency = args.concurrency;
+    opts.retry = RetryPolicy { max_attempts: args.retries, ..RetryPolicy::default() };
+    opts.content_type = args.content_type.clone();
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let (sink, rx) = events::channel();
+    let renderer = tokio::spawn(crate::progress::render(rx, args.output));
+    let uploads = futures_util::stream::iter(args.files.clone())
+        .map(|file| {
+            let (api, opts, sink, permits) = (Arc::clone(&api), opts.clone(), sink.clone(), Arc::clone(&permits));
+            async move { (file.clone(), ferry_client::upload(api, file, opts, sink, permits).await) }
+        })
+        .buffered(FILES_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+    drop(sink);
+    let _ = renderer.await;
+    let mut failed = 0;
+    let mut resumable = false;
+    for (file, result) in uploads {
+        match result {
+            Ok(r) => {
+                if args.output.json {
+                    let mut v = serde_json::to_value(&r)?;
+                    v["type"] = "result".into();
+                    crate::output::line(&v.to_string());
+                } else {
+                    let rate = r.bytes_sent as f64 / r.elapsed_s.max(1e-9);
+                    crate::output::line(&format!(
+                        "{}  {}  sha256 {}  ({} part{}{}, {} retries, {}/s){}",
+                        r.key,
+                        human_bytes(r.size),
+                        r.sha256,
+                        r.parts,
+                        if r.parts == 1 { "" } else { "s" },
+                        if r.resumed_parts > 0 { format!(", {} resumed", r.resumed_parts) } else { String::new() },
+                        r.retries,
+                        human_bytes(rate as u64),
+                        if r.fallback { "  [through the API]" } else { "" }
+                    ));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                resumable |= matches!(e.failure(), ferry_core::schedule::Failure::Retryable { .. });
+                let text = e.to_string();
+                let name = file.display().to_string();
+                if text.starts_with(&name) { eprintln!("ferry: {text}") } else { eprintln!("ferry: {name}: {text}") }
+            }
+        }
+    }
+    if failed > 0 {
+        let hint = if resumable { "; run the same command again to resume" } else { "" };
+        bail!("{failed} of {} uploads failed{hint}", args.files.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,604 @@
+//! Uploading one file: resume or create the session, then drive the scheduler — read each part with
+//! a positional read, hash the file in order as parts are first read, PUT parts in parallel, confirm
+//! each, journal what the server acknowledged — and complete with the SHA-256.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_core::api::{Complete, CompletePart, CreateUpload, PartInfo, PartUrl, UploadState};
+use ferry_core::plan::{PartPlan, PartSpan};
+use ferry_core::resume::{FileIdentity, JOURNAL_VERSION, ResumeDecision, UploadJournal, decide, reconcile};
+use ferry_core::schedule::{Action, Failure, RetryPolicy, Scheduler};
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::api::{Api, origin_of};
+use crate::error::ClientError;
+use crate::events::{Event, EventSink};
+use crate::progress::Tracker;
+use crate::{file, journal};
+
+/// How to upload.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Object key; default: the file's name.
+    pub key: Option<String>,
+    /// Default: the server's choice.
+    pub part_size: Option<u64>,
+    /// Parts in flight for this file (the shared permits bound the total).
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub content_type: Option<String>,
+    /// Where resume journals are kept.
+    pub state_dir: PathBuf,
+}
+
+impl UploadOptions {
+    pub fn new(state_dir: PathBuf) -> UploadOptions {
+        UploadOptions {
+            key: None,
+            part_size: None,
+            concurrency: 8,
+            retry: RetryPolicy::default(),
+            content_type: None,
+            state_dir,
+        }
+    }
+}
+
+/// What a finished upload reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadResult {
+    pub file: String,
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub upload_id: String,
+    pub parts: u32,
+    /// Parts that were already on the server when this run started.
+    pub resumed_parts: u32,
+    pub retries: u32,
+    /// Part-body bytes put on the wire by this run, retries included.
+    pub bytes_sent: u64,
+    pub elapsed_s: f64,
+    /// Parts went through the API because signed URLs were unreachable.
+    pub fallback: bool,
+}
+
+/// Uploads `path`. Parts in flight hold a permit from `permits`, so several uploads sharing one
+/// semaphore stay within one memory budget.
+pub async fn upload(
+    api: Arc<Api>,
+    path: PathBuf,
+    opts: UploadOptions,
+    events: EventSink,
+    permits: Arc<Semaphore>,
+) -> Result<UploadResult, ClientError> {
+    let label = path.display().to_string();
+    let result = run(&api, &path, &opts, &events, permits, &label).await;
+    if let Err(e) = &result {
+        events.emit(Event::Failed { file: label, error: e.to_string() });
+    }
+    result
+}
+
+pub(crate) fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Calls `call` until it succeeds, fails for good, or the policy's attempts run out — with the same
+/// backoff and jitter as parts, by scheduling it as a one-part transfer.
+pub(crate) async fn with_retries<T, F, Fut>(policy: &RetryPolicy, mut call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let span = PartSpan { part_number: 1, offset: 0, size: 0 };
+    let mut s = Scheduler::new(vec![span], |_| false, 1, *policy, seed());
+    let mut last = None;
+    loop {
+        match s.poll(Instant::now()) {
+            Action::Start { .. } => match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let failure = e.failure();
+                    last = Some(e);
+                    s.on_failure(1, Instant::now(), failure);
+                }
+            },
+            Action::WaitUntil(t) => tokio::time::sleep_until(t.into()).await,
+            Action::Idle | Action::Complete | Action::Fail(_) => {
+                return Err(
+                    last.unwrap_or_else(|| ClientError::Protocol("retry loop ended without a result".to_owned()))
+                );
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ClientError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| ClientError::io(path, e)),
+        Err(e) => Err(ClientError::io(path, std::io::Error::other(e))),
+    }
+}
+
+struct Session {
+    upload_id: String,
+    plan: PartPlan,
+    done: BTreeMap<u32, PartInfo>,
+    urls: HashMap<u32, PartUrl>,
+    journal: UploadJournal,
+}
+
+async fn run(
+    api: &Arc<Api>,
+    path: &Path,
+    opts: &UploadOptions,
+    events: &EventSink,
+    permits: Arc<Semaphore>,
+    label: &str,
+) -> Result<UploadResult, ClientError> {
+    let started = Instant::now();
+    let owned = path.to_path_buf();
+    let (file, identity) = blocking(path, move || file::open_with_identity(&owned)).await?;
+    let key = match &opts.key {
+        Some(k) => k.clone(),
+        None => path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Usage(format!("{label}: cannot make a key from this name; pass --key")))?,
+    };
+    let journal_path = journal::path_for(&opts.state_dir, "uploads", &[api.base(), &identity.path, &key]);
+    let session = resume_or_create(api, opts, events, label, &key, &identity, &journal_path).await?;
+    let mut engine = Engine::new(api, opts, events, permits, label, Arc::new(file), session, journal_path);
+    engine.transfer().await?;
+    let (sha256, info) = engine.finish().await?;
+    let result = UploadResult {
+        file: label.to_owned(),
+        key: info.key.clone(),
+        size: info.size,
+        sha256,
+        upload_id: engine.session.upload_id.clone(),
+        parts: engine.session.plan.part_count(),
+        resumed_parts: engine.resumed_parts,
+        retries: engine.sched.retries(),
+        bytes_sent: engine.tracker.moved(),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        fallback: engine.use_proxy,
+    };
+    events.emit(Event::Completed { file: label.to_owned(), key: info.key, size: info.size, sha256: info.sha256 });
+    Ok(result)
+}
+
+async fn resume_or_create(
+    api: &Api,
+    opts: &UploadOptions,
+    events: &EventSink,
+    label: &str,
+    key: &str,
+    identity: &FileIdentity,
+    journal_path: &Path,
+) -> Result<Session, ClientError> {
+    let jp = journal_path.to_path_buf();
+    let earlier: Option<UploadJournal> = blocking(journal_path, move || Ok(journal::load(&jp))).await?;
+    if let Some(j) = earlier {
+        let reason = match decide(&j, identity, opts.part_size) {
+            ResumeDecision::Continue => match with_retries(&opts.retry, || api.status(&j.upload_id)).await {
+                Ok(st) if st.state == UploadState::Uploading => {
+                    match PartPlan::from_parts(st.size, st.part_size, st.part_count) {
+                        Some(plan) if st.size == identity.size && st.key == key => {
+                            let r = reconcile(&plan, &j.parts, &st.parts);
+                            if !r.lost.is_empty() || !r.conflicting.is_empty() {
+                                events.emit(Event::Reconciled {
+                                    file: label.to_owned(),
+                                    lost: r.lost.clone(),
+                                    conflicting: r.conflicting.clone(),
+                                });
+                            }
+                            let mut journal = j;
+                            journal.parts = r.done.iter().map(|(n, p)| (*n, p.etag.clone())).collect();
+                            return Ok(Session {
+                                upload_id: journal.upload_id.clone(),
+                                plan,
+                                done: r.done,
+                                urls: HashMap::new(),
+                                journal,
+                            });
+                        }
+                        _ => "the server's session no longer matches this file".to_owned(),
+                    }
+                }
+                Ok(st) => format!("the interrupted upload is {}", st.state.as_str()),
+                Err(e) if e.code() == Some("upload_not_found") => {
+                    "the server no longer knows the interrupted upload".to_owned()
+                }
+                Err(e) => return Err(e),
+            },
+            ResumeDecision::Restart(reason) => {
+                // The old parts must never be mixed with this file; free them.
+                if let Err(e) = api.cancel(&j.upload_id).await {
+                    tracing::debug!(error = %e, "could not cancel the superseded upload");
+                }
+                reason
+            }
+        };
+        events.emit(Event::Restarted { file: label.to_owned(), reason });
+    }
+    let req = CreateUpload {
+        name: key.to_owned(),
+        size: identity.size,
+        part_size: opts.part_size,
+        sha256: None,
+        content_type: opts.content_type.clone(),
+        metadata: BTreeMap::new(),
+        processor: None,
+        webhook_url: None,
+    };
+    let created = with_retries(&opts.retry, || api.create(&req)).await?;
+    let plan = PartPlan::from_parts(created.size, created.part_size, created.part_count)
+        .ok_or_else(|| ClientError::Protocol("the server's part plan is inconsistent".to_owned()))?;
+    let journal = UploadJournal {
+        version: JOURNAL_VERSION,
+        server: api.base().to_owned(),
+        key: created.key.clone(),
+        upload_id: created.upload_id.clone(),
+        file: identity.clone(),
+        part_size: created.part_size,
+        part_count: created.part_count,
+        parts: BTreeMap::new(),
+    };
+    let (jp, j) = (journal_path.to_path_buf(), journal.clone());
+    blocking(journal_path, move || journal::save(&jp, &j)).await?;
+    let urls = created.parts.into_iter().map(|p| (p.part_number, p)).collect();
+    Ok(Session { upload_id: created.upload_id, plan, done: BTreeMap::new(), urls, journal })
+}
+
+/// A part body as a stream of 256 KiB slices of one buffer, counting what the HTTP client takes.
+fn counted_body(bytes: Bytes, tracker: Arc<Tracker>, attempt: Arc<AtomicU64>) -> reqwest::Body {
+    const SLICE: usize = 256 * 1024;
+    let slices: Vec<Bytes> =
+        (0..bytes.len()).step_by(SLICE).map(|i| bytes.slice(i..(i + SLICE).min(bytes.len()))).collect();
+    let stream = futures_util::stream::iter(slices).map(move |chunk| {
+        tracker.on_bytes(chunk.len() as u64);
+        attempt.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok::<_, std::io::Error>(chunk)
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Put,
+    Confirm,
+}
+
+struct Attempt {
+    part_number: u32,
+    url: Option<String>,
+    stage: Stage,
+    result: Result<PartInfo, ClientError>,
+}
+
+struct Engine<'a> {
+    api: &'a Arc<Api>,
+    opts: &'a UploadOptions,
+    events: &'a EventSink,
+    permits: Arc<Semaphore>,
+    label: &'a str,
+    file: Arc<File>,
+    session: Session,
+    journal_path: PathBuf,
+    spans: Vec<PartSpan>,
+    sched: Scheduler,
+    tracker: Arc<Tracker>,
+    hasher: Sha256,
+    /// The next part to feed the hasher; parts below it are hashed.
+    hash_next: u32,
+    use_proxy: bool,
+    /// Parts whose URL was renewed after an "expired" answer, so a second one counts as a failure.
+    renewed: std::collections::HashSet<u32>,
+    last_error: Option<ClientError>,
+    journal_dirty: bool,
+    journal_written: Instant,
+    resumed_parts: u32,
+    tx: mpsc::UnboundedSender<Attempt>,
+    rx: mpsc::UnboundedReceiver<Attempt>,
+    tasks: JoinSet<()>,
+}
+
+impl<'a> Engine<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        api: &'a Arc<Api>,
+        opts: &'a UploadOptions,
+        events: &'a EventSink,
+        permits: Arc<Semaphore>,
+        label: &'a str,
+        file: Arc<File>,
+        session: Session,
+        journal_path: PathBuf,
+    ) -> Engine<'a> {
+        let spans: Vec<PartSpan> = session.plan.parts().collect();
+        let sched =
+            Scheduler::new(spans.clone(), |n| session.done.contains_key(&n), opts.concurrency, opts.retry, seed());
+        let size = session.plan.size();
+        let tracker = Arc::new(Tracker::new(label, size, sched.done_bytes(), events.clone()));
+        events.emit(Event::Started {
+            file: label.to_owned(),
+            key: session.journal.key.clone(),
+            upload_id: Some(session.upload_id.clone()),
+            size,
+            part_size: session.plan.part_size(),
+            part_count: session.plan.part_count(),
+            resumed_bytes: sched.done_bytes(),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let resumed_parts = session.done.len() as u32;
+        Engine {
+            api,
+            opts,
+            events,
+            permits,
+            label,
+            file,
+            session,
+            journal_path,
+            spans,
+            sched,
+            tracker,
+            hasher: Sha256::new(),
+            hash_next: 1,
+            use_proxy: false,
+            renewed: Default::default(),
+            last_error: None,
+            journal_dirty: false,
+            journal_written: Instant::now(),
+            resumed_parts,
+            tx,
+            rx,
+            tasks: JoinSet::new(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        Path::new(self.label)
+    }
+
+    /// Runs the scheduler until every part is stored or the transfer fails.
+    async fn transfer(&mut self) -> Result<(), ClientError> {
+        loop {
+            while self.tasks.try_join_next().is_some() {}
+            match self.sched.poll(Instant::now()) {
+                Action::Start { span, attempt } => self.start(span, attempt).await?,
+                Action::WaitUntil(t) => {
+                    self.write_journal_if_due(false).await?;
+                    tokio::select! {
+                        msg = self.rx.recv() => self.handle(msg).await?,
+                        _ = tokio::time::sleep_until(t.into()) => {}
+                    }
+                }
+                Action::Idle => {
+                    self.write_journal_if_due(false).await?;
+                    let msg = self.rx.recv().await;
+                    self.handle(msg).await?;
+                }
+                Action::Complete => {
+                    self.write_journal_if_due(true).await?;
+                    return Ok(());
+                }
+                Action::Fail(e) => {
+                    self.write_journal_if_due(true).await?;
+                    return Err(self.last_error.take().unwrap_or_else(|| ClientError::Protocol(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Reads the part (hashing it, and any already-stored parts before it, if this is its first
+    /// read), finds its URL and sends it on a task.
+    async fn start(&mut self, span: PartSpan, attempt: u32) -> Result<(), ClientError> {
+        let permit: OwnedSemaphorePermit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Protocol("the transfer queue was closed".to_owned()))?;
+        let file = Arc::clone(&self.file);
+        let bytes = if span.part_number >= self.hash_next {
+            // First attempts come in increasing order, so every part between the hash cursor and
+            // this one was already stored when the run began: hash it from disk.
+            let before: Vec<PartSpan> =
+                self.spans[(self.hash_next - 1) as usize..(span.part_number - 1) as usize].to_vec();
+            let mut hasher = std::mem::take(&mut self.hasher);
+            let (hasher, buf) = blocking(self.path(), move || {
+                for s in before {
+                    file::hash_range(&file, s.offset, s.size, &mut hasher)?;
+                }
+                let buf = file::read_at(&file, span.offset, span.size)?;
+                hasher.update(&buf);
+                Ok((hasher, buf))
+            })
+            .await?;
+            self.hasher = hasher;
+            self.hash_next = span.part_number + 1;
+            buf
+        } else {
+            blocking(self.path(), move || file::read_at(&file, span.offset, span.size)).await?
+        };
+        let url = if self.use_proxy { None } else { Some(self.url_for(span.part_number).await?) };
+        let api = Arc::clone(self.api);
+        let tx = self.tx.clone();
+        let tracker = Arc::clone(&self.tracker);
+        let upload_id = self.session.upload_id.clone();
+        let n = span.part_number;
+        tracing::debug!(part = n, attempt, proxy = url.is_none(), "sending part");
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let counted = Arc::new(AtomicU64::new(0));
+            let body = counted_body(Bytes::from(bytes), Arc::clone(&tracker), Arc::clone(&counted));
+            let (stage, result) = match api.put_part(&upload_id, n, url.as_deref(), span.size, body).await {
+                Ok(part) => (Stage::Confirm, confirm(&api, &upload_id, part).await),
+                Err(e) => (Stage::Put, Err(e)),
+            };
+            tracker.attempt_ended(counted.load(Ordering::Relaxed), result.as_ref().ok().map(|p| p.size));
+            let _ = tx.send(Attempt { part_number: n, url, stage, result });
+        });
+        Ok(())
+    }
+
+    /// A usable signed URL for part `n`, renewing it (and the next ones) when missing or expiring.
+    async fn url_for(&mut self, n: u32) -> Result<String, ClientError> {
+        let soon = time::OffsetDateTime::now_utc() + Duration::from_secs(1);
+        if let Some(u) = self.session.urls.get(&n).filter(|u| u.expires_at > soon) {
+            return Ok(u.url.clone());
+        }
+        let batch: Vec<u32> =
+            (n..=self.session.plan.part_count()).filter(|k| !self.sched.is_done(*k)).take(256).collect();
+        let (api, id) = (self.api, &self.session.upload_id);
+        let signed = with_retries(&self.opts.retry, || api.sign(id, &batch)).await?;
+        for u in signed {
+            self.session.urls.insert(u.part_number, u);
+        }
+        self.session
+            .urls
+            .get(&n)
+            .map(|u| u.url.clone())
+            .ok_or_else(|| ClientError::Protocol(format!("the server did not sign part {n}")))
+    }
+
+    async fn handle(&mut self, msg: Option<Attempt>) -> Result<(), ClientError> {
+        let Some(Attempt { part_number: n, url, stage, result }) = msg else {
+            return Err(ClientError::Protocol("the part tasks stopped unexpectedly".to_owned()));
+        };
+        let e = match result {
+            Ok(part) => {
+                self.sched.on_success(n);
+                self.session.journal.parts.insert(n, part.etag.clone());
+                self.session.done.insert(n, part);
+                self.journal_dirty = true;
+                self.events.emit(Event::PartDone {
+                    file: self.label.to_owned(),
+                    part_number: n,
+                    size: self.spans[n as usize - 1].size,
+                });
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        if e.code() == Some("url_expired") && self.renewed.insert(n) {
+            self.session.urls.remove(&n);
+            self.sched.on_retry_now(n);
+            return Ok(());
+        }
+        if let Some(url) = url.filter(|_| e.is_connect() && !self.use_proxy)
+            && origin_of(&url) != self.api.origin()
+            && self.api.reachable().await
+        {
+            self.use_proxy = true;
+            self.events.emit(Event::Fallback {
+                file: self.label.to_owned(),
+                reason: format!("{} is unreachable ({e}); sending parts through the API", origin_of(&url)),
+            });
+            self.sched.on_retry_now(n);
+            return Ok(());
+        }
+        let failure = match (stage, &e) {
+            // The part was sent but the server cannot confirm it: send it again.
+            (Stage::Confirm, ClientError::Api { status: 404 | 409, .. }) => Failure::Retryable { retry_after: None },
+            _ => e.failure(),
+        };
+        match self.sched.on_failure(n, Instant::now(), failure) {
+            Some(delay) => self.events.emit(Event::Retry {
+                file: self.label.to_owned(),
+                part_number: n,
+                attempt: self.sched.retries(),
+                delay_ms: delay.as_millis() as u64,
+                error: e.to_string(),
+            }),
+            None => tracing::debug!(part = n, error = %e, "part failed for good"),
+        }
+        self.last_error = Some(e);
+        Ok(())
+    }
+
+    /// Rewrites the journal at most twice a second, or now when `force`.
+    async fn write_journal_if_due(&mut self, force: bool) -> Result<(), ClientError> {
+        if !self.journal_dirty || (!force && self.journal_written.elapsed() < Duration::from_millis(500)) {
+            return Ok(());
+        }
+        let (jp, j) = (self.journal_path.clone(), self.session.journal.clone());
+        blocking(&self.journal_path, move || journal::save(&jp, &j)).await?;
+        self.journal_dirty = false;
+        self.journal_written = Instant::now();
+        Ok(())
+    }
+
+    /// Hashes what is left, completes the upload with the SHA-256 and every ETag, and checks the answer.
+    async fn finish(&mut self) -> Result<(String, ferry_core::api::ObjectInfo), ClientError> {
+        let rest: Vec<PartSpan> = self.spans[(self.hash_next - 1) as usize..].to_vec();
+        if !rest.is_empty() {
+            self.events.emit(Event::Verifying { file: self.label.to_owned() });
+        }
+        let file = Arc::clone(&self.file);
+        let mut hasher = std::mem::take(&mut self.hasher);
+        let hasher = blocking(self.path(), move || {
+            for s in rest {
+                file::hash_range(&file, s.offset, s.size, &mut hasher)?;
+            }
+            Ok(hasher)
+        })
+        .await?;
+        let sha256 = hex::encode(hasher.finalize());
+        let parts: Vec<CompletePart> = self
+            .session
+            .journal
+            .parts
+            .iter()
+            .map(|(n, etag)| CompletePart { part_number: *n, etag: etag.clone() })
+            .collect();
+        let body = Complete { parts: Some(parts), sha256: Some(sha256.clone()) };
+        let (api, id) = (self.api, &self.session.upload_id);
+        let info = match with_retries(&self.opts.retry, || api.complete(id, &body)).await {
+            Ok(info) => info,
+            Err(e) if e.code() == Some("sha256_mismatch") => {
+                let _ = api.cancel(id).await;
+                journal::remove(&self.journal_path);
+                return Err(ClientError::Integrity(format!(
+                    "{}: the file changed while it was being uploaded (the parts sent do not add up to its SHA-256 {sha256}); the upload was cancelled — run the command again",
+                    self.label
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if info.sha256 != sha256 {
+            return Err(ClientError::Integrity(format!(
+                "{}: the server stored SHA-256 {} but the file's is {sha256}",
+                self.label, info.sha256
+            )));
+        }
+        journal::remove(&self.journal_path);
+        Ok((sha256, info))
+    }
+}
+
+/// Reports a stored part, retrying briefly: a part the server cannot confirm is sent again.
+async fn confirm(api: &Api, upload_id: &str, part: PartInfo) -> Result<PartInfo, ClientError> {
+    let policy = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(200), ..RetryPolicy::default() };
+    with_retries(&policy, || api.part_done(upload_id, &part)).await?;
+    Ok(part)
+}
