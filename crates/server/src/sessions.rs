@@ -318,7 +318,7 @@ impl Sessions {
         // Complete or cancel may have happened while this request waited for the lock.
         let (session, _) = self.load(upload_id).await?;
         session.require_open(now())?;
-        let part = match self.store.put_part(upload_id, part_number, span.size, body).await {
+        let part = match self.store.put_part(upload_id, span, body).await {
             Err(StoreError::NoSuchUpload) => {
                 let (session, _) = self.load(upload_id).await?;
                 session.require_open(now())?;

@@ -2,15 +2,18 @@
 //!
 //! Layout under the root:
 //! - `tmp/` — files being written; anything here at start-up is debris of a crash and is removed.
-//! - `uploads/{upload_id}/{n:05}.part` — part `n`: its bytes, then a 24-byte trailer (16 bytes of
-//!   the part's SHA-256, which is its ETag, and a magic). One file per part means one rename
-//!   publishes the bytes and their ETag together.
+//! - `uploads/{upload_id}/data` — the object being uploaded: each part is written straight at its
+//!   offset, so completing never copies the bytes a second time.
+//! - `uploads/{upload_id}/{n:05}.part` — part `n`'s marker (16 bytes of the part's SHA-256, which is
+//!   its ETag, its size and a magic), published by rename only once the part's bytes are fsync'd
+//!   in `data`. No marker, no part: a write that fails half-way leaves nothing that counts.
 //! - `objects/{h[0..2]}/{h}` where `h` is the hex SHA-256 of the key — the object's bytes, then its
 //!   [`ObjectInfo`] as JSON, its length (u32 LE) and a magic. Hashed names keep every key inside the
-//!   directory whatever it spells, and let `a` and `a/b` both exist.
+//!   directory whatever it spells, and let `a` and `a/b` both exist. Completing appends the trailer
+//!   to `data` and renames it here: readers see the old object or the new one.
 //! - `records/{name}.json` — small documents such as session records.
 //!
-//! Every write goes to `tmp/`, is fsync'd, renamed into place, and the target directory fsync'd, so
+//! Small files are written to `tmp/`, fsync'd, renamed into place, and the directory fsync'd, so
 //! after a crash a file is either absent or complete.
 
 use std::fs::{self, File, OpenOptions};
@@ -21,18 +24,18 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ferry_core::api::{ObjectInfo, PartInfo, bare_etag, quote_etag};
-use ferry_core::plan::Limits;
+use ferry_core::plan::{Limits, PartSpan};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio_util::io::ReaderStream;
 
 use crate::{ByteStream, Condition, ObjectMeta, ObjectReader, Record, Store, StoreError};
 
-const PART_MAGIC: &[u8; 8] = b"FERRYPT1";
-const PART_TRAILER: u64 = 16 + 8;
+const MARKER_MAGIC: &[u8; 8] = b"FERRYMK1";
+const MARKER_LEN: usize = 16 + 8 + 8;
 const OBJECT_MAGIC: &[u8; 8] = b"FERRYOB1";
 const COPY_BUF: usize = 1 << 20;
+const DATA: &str = "data";
 
 /// The embedded filesystem store. Cheap to clone.
 #[derive(Clone)]
@@ -45,6 +48,8 @@ struct Inner {
     limits: Limits,
     /// Serializes record writes so a conditional write's check and write are one step.
     records: Mutex<()>,
+    /// One writer per part at a time: two bodies for one part must not interleave in `data`.
+    part_locks: Mutex<std::collections::HashMap<(String, u32), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl FsStore {
@@ -64,7 +69,7 @@ impl FsStore {
         if swept > 0 {
             tracing::info!(swept, "removed temp files left by an interrupted write");
         }
-        Ok(FsStore { inner: Arc::new(Inner { root, limits, records: Mutex::new(()) }) })
+        Ok(FsStore { inner: Arc::new(Inner { root, limits, records: Mutex::new(()), part_locks: Mutex::default() }) })
     }
 
     pub fn root(&self) -> &Path {
@@ -169,22 +174,45 @@ fn version_of(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..16])
 }
 
-/// Reads a part file's trailer: its data length and ETag (bare hex).
-fn read_part_trailer(file: &File, path: &Path) -> Result<(u64, String), StoreError> {
-    let len = file.metadata()?.len();
-    if len < PART_TRAILER {
-        return Err(StoreError::Corrupt(format!("{} is shorter than its trailer", path.display())));
+/// Reads a part marker: the part's size and ETag (bare hex).
+fn read_marker(path: &Path) -> Result<Option<(u64, String)>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if bytes.len() != MARKER_LEN || &bytes[24..] != MARKER_MAGIC {
+        return Err(StoreError::Corrupt(format!("{} is not a part marker", path.display())));
     }
-    let mut trailer = [0u8; PART_TRAILER as usize];
-    file.read_exact_at(&mut trailer, len - PART_TRAILER)?;
-    if &trailer[16..] != PART_MAGIC {
-        return Err(StoreError::Corrupt(format!("{} has no part trailer", path.display())));
-    }
-    Ok((len - PART_TRAILER, hex::encode(&trailer[..16])))
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&bytes[16..24]);
+    Ok(Some((u64::from_le_bytes(size), hex::encode(&bytes[..16]))))
+}
+
+fn marker_bytes(etag: &[u8], size: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(MARKER_LEN);
+    m.extend_from_slice(&etag[..16]);
+    m.extend_from_slice(&size.to_le_bytes());
+    m.extend_from_slice(MARKER_MAGIC);
+    m
+}
+
+/// The object trailer's JSON: the description, and which upload made it (so a repeated complete
+/// of that upload can find its own result).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredMeta {
+    #[serde(flatten)]
+    info: ObjectInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upload_id: Option<String>,
 }
 
 /// Reads an object file's trailer.
 fn read_object_trailer(file: &File, path: &Path) -> Result<ObjectInfo, StoreError> {
+    Ok(read_stored_meta(file, path)?.info)
+}
+
+fn read_stored_meta(file: &File, path: &Path) -> Result<StoredMeta, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("{}: {what}", path.display()));
     let len = file.metadata()?.len();
     if len < 12 {
@@ -201,11 +229,46 @@ fn read_object_trailer(file: &File, path: &Path) -> Result<ObjectInfo, StoreErro
     }
     let mut meta = vec![0u8; meta_len as usize];
     file.read_exact_at(&mut meta, len - 12 - meta_len)?;
-    let info: ObjectInfo = serde_json::from_slice(&meta).map_err(|e| corrupt(&e.to_string()))?;
-    if info.size != len - 12 - meta_len {
+    let stored: StoredMeta = serde_json::from_slice(&meta).map_err(|e| corrupt(&e.to_string()))?;
+    if stored.info.size != len - 12 - meta_len {
         return Err(corrupt("size in trailer does not match the data"));
     }
-    Ok(info)
+    Ok(stored)
+}
+
+/// Streams `body` into `file` at `offset`, hashing it; exactly `size` bytes or an error. Writes go
+/// out in batches from a blocking thread so the async side never blocks on the disk.
+async fn write_body(file: &Arc<File>, offset: u64, size: u64, mut body: ByteStream) -> Result<[u8; 32], StoreError> {
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let mut batch = Vec::with_capacity(COPY_BUF.min(size as usize));
+    let mut at = offset;
+    loop {
+        let chunk = body.next().await;
+        let end = chunk.is_none();
+        if let Some(chunk) = chunk {
+            let chunk = chunk.map_err(StoreError::Body)?;
+            received += chunk.len() as u64;
+            if received > size {
+                return Err(StoreError::BodyTooLong { expected: size });
+            }
+            hasher.update(&chunk);
+            batch.extend_from_slice(&chunk);
+        }
+        if batch.len() >= COPY_BUF || (end && !batch.is_empty()) {
+            let data = std::mem::replace(&mut batch, Vec::with_capacity(COPY_BUF.min(size as usize)));
+            let (f, pos) = (Arc::clone(file), at);
+            at += data.len() as u64;
+            blocking(move || Ok(f.write_all_at(&data, pos)?)).await?;
+        }
+        if end {
+            break;
+        }
+    }
+    if received != size {
+        return Err(StoreError::BodyTooShort { expected: size, received });
+    }
+    Ok(hasher.finalize().into())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -244,75 +307,83 @@ impl Store for FsStore {
 
     async fn create_multipart(&self, upload_id: &str) -> Result<(), StoreError> {
         let dir = self.upload_dir(upload_id)?;
-        blocking(move || Ok(ensure_dir(&dir)?)).await
+        blocking(move || {
+            ensure_dir(&dir)?;
+            OpenOptions::new().write(true).create(true).truncate(false).open(dir.join(DATA))?.sync_all()?;
+            Ok(fsync_dir(&dir)?)
+        })
+        .await
     }
 
-    async fn put_part(
-        &self,
-        upload_id: &str,
-        part_number: u32,
-        size: u64,
-        mut body: ByteStream,
-    ) -> Result<PartInfo, StoreError> {
+    async fn put_part(&self, upload_id: &str, span: PartSpan, body: ByteStream) -> Result<PartInfo, StoreError> {
         let dir = self.upload_dir(upload_id)?;
-        if !tokio::fs::try_exists(&dir).await? {
-            return Err(StoreError::NoSuchUpload);
-        }
+        let n = span.part_number;
+        let lock = {
+            let mut locks = self.inner.part_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            Arc::clone(locks.entry((upload_id.to_owned(), n)).or_default())
+        };
+        let _one_writer = lock.lock().await;
+        let data_path = dir.join(DATA);
+        let marker = dir.join(part_file_name(n));
+        let dp = data_path.clone();
+        let data = match blocking(move || Ok(OpenOptions::new().write(true).open(&dp)?)).await {
+            Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NoSuchUpload),
+            other => Arc::new(other?),
+        };
+        let mp = marker.clone();
+        let replacing = blocking(move || Ok(mp.exists())).await?;
+        let digest = if replacing {
+            // The stored copy must survive a failed re-send: take the body into a temp file first.
+            let tmp = self.temp();
+            let tp = tmp.path.clone();
+            let staged = Arc::new(
+                blocking(move || Ok(OpenOptions::new().read(true).write(true).create_new(true).open(&tp)?)).await?,
+            );
+            let digest = write_body(&staged, 0, span.size, body).await?;
+            let (m, d) = (marker.clone(), Arc::clone(&data));
+            blocking(move || {
+                let _tmp = tmp;
+                // From here the part is absent until its new marker lands.
+                fs::remove_file(&m)?;
+                copy_range(&staged, 0, &d, span.offset, span.size)?;
+                Ok(())
+            })
+            .await?;
+            digest
+        } else {
+            write_body(&data, span.offset, span.size, body).await?
+        };
         let mut tmp = self.temp();
-        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp.path).await?;
-        let mut out = BufWriter::with_capacity(COPY_BUF, file);
-        let mut hasher = Sha256::new();
-        let mut received = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(StoreError::Body)?;
-            received += chunk.len() as u64;
-            if received > size {
-                return Err(StoreError::BodyTooLong { expected: size });
+        blocking(move || {
+            data.sync_data()?;
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp.path)?;
+            f.write_all(&marker_bytes(&digest, span.size))?;
+            f.sync_all()?;
+            drop(f);
+            match publish(&mut tmp, &marker) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NoSuchUpload),
+                other => Ok(other?),
             }
-            hasher.update(&chunk);
-            out.write_all(&chunk).await?;
-        }
-        if received != size {
-            return Err(StoreError::BodyTooShort { expected: size, received });
-        }
-        let digest = hasher.finalize();
-        out.write_all(&digest[..16]).await?;
-        out.write_all(PART_MAGIC).await?;
-        out.flush().await?;
-        let file = out.into_inner();
-        file.sync_all().await?;
-        drop(file);
-        let dest = dir.join(part_file_name(part_number));
-        blocking(move || match publish(&mut tmp, &dest) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NoSuchUpload),
-            other => Ok(other?),
         })
         .await?;
-        Ok(PartInfo { part_number, size, etag: quote_etag(&hex::encode(&digest[..16])) })
+        Ok(PartInfo { part_number: n, size: span.size, etag: quote_etag(&hex::encode(&digest[..16])) })
     }
 
     async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, StoreError> {
         let dir = self.upload_dir(upload_id)?;
         blocking(move || {
             let entries = match fs::read_dir(&dir) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(StoreError::NoSuchUpload);
-                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NoSuchUpload),
                 other => other?,
             };
             let mut parts = Vec::new();
             for entry in entries {
                 let entry = entry?;
-                let Some(n) = entry.file_name().to_str().and_then(parse_part_file_name) else {
-                    continue;
-                };
-                let path = entry.path();
-                let file = match File::open(&path) {
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    other => other?,
-                };
-                match read_part_trailer(&file, &path) {
-                    Ok((size, etag)) => parts.push(PartInfo { part_number: n, size, etag: quote_etag(&etag) }),
+                let Some(n) = entry.file_name().to_str().and_then(parse_part_file_name) else { continue };
+                match read_marker(&entry.path()) {
+                    Ok(Some((size, etag))) => parts.push(PartInfo { part_number: n, size, etag: quote_etag(&etag) }),
+                    Ok(None) => {}
                     Err(StoreError::Corrupt(why)) => {
                         tracing::warn!(%why, "ignoring a damaged part; it will be uploaded again")
                     }
@@ -331,13 +402,11 @@ impl Store for FsStore {
             if !dir.is_dir() {
                 return Err(StoreError::NoSuchUpload);
             }
-            let path = dir.join(part_file_name(part_number));
-            let file = match File::open(&path) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                other => other?,
-            };
-            let (size, etag) = read_part_trailer(&file, &path)?;
-            Ok(Some(PartInfo { part_number, size, etag: quote_etag(&etag) }))
+            Ok(read_marker(&dir.join(part_file_name(part_number)))?.map(|(size, etag)| PartInfo {
+                part_number,
+                size,
+                etag: quote_etag(&etag),
+            }))
         })
         .await
     }
@@ -352,27 +421,31 @@ impl Store for FsStore {
     ) -> Result<ObjectInfo, StoreError> {
         let dir = self.upload_dir(upload_id)?;
         let dest = self.object_path(key);
-        let mut tmp = self.temp();
         let parts = parts.to_vec();
         let key = key.to_owned();
+        let upload_id = upload_id.to_owned();
         let expected = expected_sha256.map(str::to_ascii_lowercase);
         blocking(move || {
-            if !dir.is_dir() {
-                return Err(StoreError::NoSuchUpload);
-            }
-            let mut out = OpenOptions::new().write(true).create_new(true).open(&tmp.path)?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; COPY_BUF];
+            let data_path = dir.join(DATA);
+            let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // Completed before, and the caller did not get to record it: find that result.
+                    if let Ok(f) = File::open(&dest)
+                        && let Ok(stored) = read_stored_meta(&f, &dest)
+                        && stored.upload_id.as_deref() == Some(upload_id.as_str())
+                    {
+                        return Ok(stored.info);
+                    }
+                    return Err(StoreError::NoSuchUpload);
+                }
+                Err(e) => return Err(e.into()),
+            };
             let mut total = 0u64;
             for part in &parts {
-                let path = dir.join(part_file_name(part.part_number));
-                let file = match File::open(&path) {
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(StoreError::MissingPart(part.part_number));
-                    }
-                    other => other?,
+                let Some((size, etag)) = read_marker(&dir.join(part_file_name(part.part_number)))? else {
+                    return Err(StoreError::MissingPart(part.part_number));
                 };
-                let (size, etag) = read_part_trailer(&file, &path)?;
                 if etag != bare_etag(&part.etag) || size != part.size {
                     return Err(StoreError::PartChanged {
                         part: part.part_number,
@@ -380,16 +453,10 @@ impl Store for FsStore {
                         actual: quote_etag(&etag),
                     });
                 }
-                let mut offset = 0u64;
-                while offset < size {
-                    let want = (size - offset).min(COPY_BUF as u64) as usize;
-                    file.read_exact_at(&mut buf[..want], offset)?;
-                    hasher.update(&buf[..want]);
-                    out.write_all(&buf[..want])?;
-                    offset += want as u64;
-                }
                 total += size;
             }
+            let mut hasher = Sha256::new();
+            hash_range(&data, 0, total, &mut hasher)?;
             let sha256 = hex::encode(hasher.finalize());
             if let Some(expected) = expected
                 && expected != sha256
@@ -405,17 +472,25 @@ impl Store for FsStore {
                 metadata: meta.metadata,
                 last_modified: now_utc(),
             };
-            let trailer = serde_json::to_vec(&info).map_err(io::Error::other)?;
+            let trailer = serde_json::to_vec(&StoredMeta { info: info.clone(), upload_id: Some(upload_id) })
+                .map_err(io::Error::other)?;
             let trailer_len = u32::try_from(trailer.len()).map_err(io::Error::other)?;
-            out.write_all(&trailer)?;
-            out.write_all(&trailer_len.to_le_bytes())?;
-            out.write_all(OBJECT_MAGIC)?;
-            out.sync_all()?;
-            drop(out);
+            // A previous attempt may have left a trailer: cut back to the data first.
+            data.set_len(total)?;
+            let mut tail = trailer;
+            tail.extend_from_slice(&trailer_len.to_le_bytes());
+            tail.extend_from_slice(OBJECT_MAGIC);
+            data.write_all_at(&tail, total)?;
+            data.sync_all()?;
+            drop(data);
             if let Some(parent) = dest.parent() {
                 ensure_dir(parent)?;
             }
-            publish(&mut tmp, &dest)?;
+            fs::rename(&data_path, &dest)?;
+            if let Some(parent) = dest.parent() {
+                fsync_dir(parent)?;
+            }
+            fsync_dir(&dir)?;
             Ok(info)
         })
         .await
@@ -580,6 +655,31 @@ impl Store for FsStore {
         })
         .await
     }
+}
+
+/// Copies `len` bytes from `src` at `from` to `dst` at `to`, then makes them durable.
+fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUF.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], from + done)?;
+        dst.write_all_at(&buf[..n], to + done)?;
+        done += n as u64;
+    }
+    dst.sync_data()
+}
+
+fn hash_range(file: &File, offset: u64, len: u64, hasher: &mut Sha256) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUF.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset + done)?;
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(())
 }
 
 fn now_utc() -> time::OffsetDateTime {

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_core::api::{ObjectInfo, PartInfo};
-use ferry_core::plan::Limits;
+use ferry_core::plan::{Limits, PartSpan};
 use futures_util::Stream;
 
 pub use error::StoreError;
@@ -70,16 +70,10 @@ pub trait Store: Send + Sync + 'static {
     /// Prepares to receive the parts of `upload_id`.
     async fn create_multipart(&self, upload_id: &str) -> Result<(), StoreError>;
 
-    /// Stores part `part_number` of `upload_id`, which must be exactly `size` bytes, replacing any
-    /// earlier copy. Returns only once the part is on stable storage. A body of the wrong length or
-    /// one that fails mid-way changes nothing.
-    async fn put_part(
-        &self,
-        upload_id: &str,
-        part_number: u32,
-        size: u64,
-        body: ByteStream,
-    ) -> Result<PartInfo, StoreError>;
+    /// Stores the part `span` describes (its number, offset in the object and size; the body must
+    /// be exactly that size), replacing any earlier copy. Returns only once the part is on stable
+    /// storage. A body of the wrong length or one that fails mid-way changes nothing.
+    async fn put_part(&self, upload_id: &str, span: PartSpan, body: ByteStream) -> Result<PartInfo, StoreError>;
 
     /// The parts stored so far, in part-number order.
     async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, StoreError>;

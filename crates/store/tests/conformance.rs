@@ -3,10 +3,14 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use ferry_core::plan::Limits;
+use ferry_core::plan::{Limits, PartSpan};
 use ferry_store::{ByteStream, Condition, FsStore, ObjectMeta, Store, StoreError};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
+
+fn sp(part_number: u32, offset: u64, size: u64) -> PartSpan {
+    PartSpan { part_number, offset, size }
+}
 
 fn body(data: &[u8]) -> ByteStream {
     let chunks: Vec<Result<Bytes, std::io::Error>> = data.chunks(7000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
@@ -37,19 +41,31 @@ async fn suite(store: &dyn Store) {
     assert!(store.list_parts("up1").await.unwrap().is_empty());
 
     // Wrong sizes and failing bodies store nothing.
-    assert!(matches!(store.put_part("up1", 1, 70_000, body(&a[..100])).await, Err(StoreError::BodyTooShort { .. })));
+    assert!(matches!(
+        store.put_part("up1", sp(1, 0, 70_000), body(&a[..100])).await,
+        Err(StoreError::BodyTooShort { .. })
+    ));
     let mut long = a.clone();
     long.push(0);
-    assert!(matches!(store.put_part("up1", 1, 70_000, body(&long)).await, Err(StoreError::BodyTooLong { .. })));
-    assert!(matches!(store.put_part("up1", 1, 70_000, failing_body(&a[..5])).await, Err(StoreError::Body(_))));
+    assert!(matches!(store.put_part("up1", sp(1, 0, 70_000), body(&long)).await, Err(StoreError::BodyTooLong { .. })));
+    assert!(matches!(store.put_part("up1", sp(1, 0, 70_000), failing_body(&a[..5])).await, Err(StoreError::Body(_))));
     assert!(store.list_parts("up1").await.unwrap().is_empty());
-    assert!(matches!(store.put_part("nope", 1, 1, body(&[0])).await, Err(StoreError::NoSuchUpload)));
+    assert!(matches!(store.put_part("nope", sp(1, 0, 1), body(&[0])).await, Err(StoreError::NoSuchUpload)));
 
     // Parts in any order; a re-sent part replaces the old one.
-    let p2 = store.put_part("up1", 2, 30_000, body(&vec![9u8; 30_000])).await.unwrap();
-    let p2b = store.put_part("up1", 2, 30_000, body(&b)).await.unwrap();
+    let p2 = store.put_part("up1", sp(2, 70_000, 30_000), body(&vec![9u8; 30_000])).await.unwrap();
+    let p2b = store.put_part("up1", sp(2, 70_000, 30_000), body(&b)).await.unwrap();
     assert_ne!(p2.etag, p2b.etag);
-    let p1 = store.put_part("up1", 1, 70_000, body(&a)).await.unwrap();
+    let p1 = store.put_part("up1", sp(1, 0, 70_000), body(&a)).await.unwrap();
+    // A re-send that fails keeps the stored copy, bytes and ETag.
+    assert!(matches!(
+        store.put_part("up1", sp(2, 70_000, 30_000), failing_body(&[7u8; 100])).await,
+        Err(StoreError::Body(_))
+    ));
+    assert!(matches!(
+        store.put_part("up1", sp(2, 70_000, 30_000), body(&[7u8; 10])).await,
+        Err(StoreError::BodyTooShort { .. })
+    ));
     let listed = store.list_parts("up1").await.unwrap();
     assert_eq!(listed, vec![p1.clone(), p2b.clone()]);
     assert_eq!(store.head_part("up1", 2).await.unwrap(), Some(p2b.clone()));
@@ -77,12 +93,14 @@ async fn suite(store: &dyn Store) {
     assert_eq!(info.content_type.as_deref(), Some("application/x-test"));
     assert_eq!(store.head_object("k/obj").await.unwrap(), info);
     assert_eq!(read_all(store, "k/obj", 0, 100_000).await, whole);
+    // Completing again (a caller that crashed before recording the result) finds the same object.
+    assert_eq!(store.complete_multipart("up1", "k/obj", &parts, None, ObjectMeta::default()).await.unwrap(), info);
     assert_eq!(read_all(store, "k/obj", 69_990, 20).await, whole[69_990..70_010]);
 
     // A reader keeps the version it opened while the key is replaced.
     let old_reader = store.open_object("k/obj").await.unwrap();
     store.create_multipart("up2").await.unwrap();
-    let q = store.put_part("up2", 1, 5, body(b"hello")).await.unwrap();
+    let q = store.put_part("up2", sp(1, 0, 5), body(b"hello")).await.unwrap();
     let info2 = store.complete_multipart("up2", "k/obj", &[q], None, ObjectMeta::default()).await.unwrap();
     assert_eq!(info2.size, 5);
     let mut s = old_reader.read(0, 100_000);
@@ -95,7 +113,7 @@ async fn suite(store: &dyn Store) {
 
     // `a` and `a/b` are both keys; listing filters by prefix.
     store.create_multipart("up3").await.unwrap();
-    let r = store.put_part("up3", 1, 1, body(b"x")).await.unwrap();
+    let r = store.put_part("up3", sp(1, 0, 1), body(b"x")).await.unwrap();
     store.complete_multipart("up3", "k", &[r], None, ObjectMeta::default()).await.unwrap();
     let keys: Vec<String> = store.list_objects("k/").await.unwrap().into_iter().map(|o| o.key).collect();
     assert_eq!(keys, vec!["k/obj"]);
@@ -145,7 +163,7 @@ async fn fs_store_sweeps_temp_files_and_ignores_damaged_parts_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path(), Limits::EMBEDDED).unwrap();
     store.create_multipart("u").await.unwrap();
-    store.put_part("u", 1, 3, body(b"abc")).await.unwrap();
+    store.put_part("u", sp(1, 0, 3), body(b"abc")).await.unwrap();
     std::fs::write(dir.path().join("tmp").join("debris"), b"half a part").unwrap();
     std::fs::write(dir.path().join("uploads").join("u").join("00002.part"), b"no trailer").unwrap();
     drop(store);
