@@ -6,7 +6,8 @@
 - put of a 1 GiB file next to `dd conv=fsync` of the same file on the same disk (target >= 0.7x);
 - peak RSS of `ferry put` at the defaults (8 x 8 MiB) for 1 GiB and 4 GiB (target <= 64 + 48 MiB);
 - bytes re-sent after `kill -9` of `ferry put` at 60 % (server's ferry_bytes_received_total);
-- `ferry get` of the 1 GiB object next to `cat` of the stored file.
+- `ferry get` of the 1 GiB object next to `cat` of the stored file (into the page cache, and with an
+  fsync, since `ferry get` makes its file durable and verifies it before renaming it into place).
 """
 import json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -105,15 +106,22 @@ def main():
             out_file = f"{work}/got.bin"
             dt, rss, _ = timed([FERRY, "get", "r0/1g.bin", out_file, "--no-progress"], env)
             os.remove(out_file)
-            t0 = time.monotonic()
-            with open(stored, "rb") as src, open(f"{work}/cat.out", "wb") as dst:
-                shutil.copyfileobj(src, dst, 8 << 20)
-            cat = time.monotonic() - t0
-            os.remove(f"{work}/cat.out")
-            rows.append((mib / dt, mib / cat))
-            print(f"round {r + 1}: get {mib / dt:7.1f} MiB/s  cat {mib / cat:7.1f} MiB/s  ratio {cat / dt:.2f}  get peak RSS {rss:.1f} MiB")
+            cats = []
+            for durable in (False, True):
+                t0 = time.monotonic()
+                with open(stored, "rb") as src, open(f"{work}/cat.out", "wb") as dst:
+                    shutil.copyfileobj(src, dst, 8 << 20)
+                    if durable:
+                        dst.flush()
+                        os.fsync(dst.fileno())
+                cats.append(mib / (time.monotonic() - t0))
+                os.remove(f"{work}/cat.out")
+            rows.append((mib / dt, cats[0], cats[1]))
+            print(f"round {r + 1}: get {mib / dt:7.1f} MiB/s  cat {cats[0]:7.1f} MiB/s  cat+fsync {cats[1]:7.1f} MiB/s  "
+                  f"ratios {mib / dt / cats[0]:.2f} / {mib / dt / cats[1]:.2f}  get peak RSS {rss:.1f} MiB")
         print(f"median: get {statistics.median(x[0] for x in rows):.1f} MiB/s, cat {statistics.median(x[1] for x in rows):.1f} MiB/s, "
-              f"median ratio {statistics.median(sorted(x[0] / x[1] for x in rows)):.2f}")
+              f"cat+fsync {statistics.median(x[2] for x in rows):.1f} MiB/s; median ratios "
+              f"{statistics.median(x[0] / x[1] for x in rows):.2f} (cat) / {statistics.median(x[0] / x[2] for x in rows):.2f} (cat+fsync)")
     finally:
         srv.send_signal(signal.SIGTERM)
         srv.wait()
