@@ -21,9 +21,10 @@ use tokio::task::JoinSet;
 use crate::api::{Api, ObjectHead};
 use crate::error::ClientError;
 use crate::events::{Event, EventSink};
+use crate::file::{self, blocking};
+use crate::journal;
 use crate::progress::Tracker;
 use crate::upload::{seed, with_retries};
-use crate::{file, journal};
 
 const JOURNAL_VERSION: u32 = 1;
 /// Bytes gathered before each positional write.
@@ -69,16 +70,6 @@ struct DownloadJournal {
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ClientError + '_ {
     move |e| ClientError::io(path, e)
-}
-
-async fn blocking<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, ClientError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(io_err(path)),
-        Err(e) => Err(ClientError::io(path, std::io::Error::other(e))),
-    }
 }
 
 /// Downloads `key` to `out` (a directory means "inside it, under the key's last segment").

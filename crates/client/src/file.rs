@@ -9,6 +9,8 @@ use std::time::UNIX_EPOCH;
 use ferry_core::resume::FileIdentity;
 use sha2::{Digest, Sha256};
 
+use crate::error::ClientError;
+
 const EDGE: u64 = 1 << 20;
 
 /// Opens `path` and describes it well enough to notice a change: size, mtime, and a hash of the
@@ -66,4 +68,15 @@ pub(crate) fn hash_range(file: &File, offset: u64, len: u64, hasher: &mut Sha256
         done += n as u64;
     }
     Ok(())
+}
+
+/// Runs blocking file work off the async threads; errors name `path`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, ClientError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| ClientError::io(path, e)),
+        Err(e) => Err(ClientError::io(path, io::Error::other(e))),
+    }
 }

@@ -23,8 +23,9 @@ use tokio::task::JoinSet;
 use crate::api::{Api, origin_of};
 use crate::error::ClientError;
 use crate::events::{Event, EventSink};
+use crate::file::{self, blocking};
+use crate::journal;
 use crate::progress::Tracker;
-use crate::{file, journal};
 
 /// How to upload.
 #[derive(Debug, Clone)]
@@ -125,16 +126,6 @@ where
                 );
             }
         }
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, ClientError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| ClientError::io(path, e)),
-        Err(e) => Err(ClientError::io(path, std::io::Error::other(e))),
     }
 }
 

@@ -128,6 +128,18 @@ fn publish(tmp: &mut TempPath, dest: &Path) -> io::Result<()> {
     }
 }
 
+/// Removes `path` with `remove` (already gone is fine) and makes the removal durable.
+fn remove_durably(path: &Path, remove: impl Fn(&Path) -> io::Result<()>) -> io::Result<()> {
+    match remove(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    }
+    match path.parent() {
+        Some(parent) => fsync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 /// Creates `dir` (and its parent) if missing, making the new entry durable.
 fn ensure_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
@@ -498,17 +510,7 @@ impl Store for FsStore {
 
     async fn abort_multipart(&self, upload_id: &str) -> Result<(), StoreError> {
         let dir = self.upload_dir(upload_id)?;
-        blocking(move || {
-            match fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                other => other?,
-            }
-            if let Some(parent) = dir.parent() {
-                fsync_dir(parent)?;
-            }
-            Ok(())
-        })
-        .await
+        blocking(move || Ok(remove_durably(&dir, |p| fs::remove_dir_all(p))?)).await
     }
 
     async fn open_object(&self, key: &str) -> Result<Box<dyn ObjectReader>, StoreError> {
@@ -532,17 +534,7 @@ impl Store for FsStore {
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
         let path = self.object_path(key);
-        blocking(move || {
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                other => other?,
-            }
-            if let Some(parent) = path.parent() {
-                fsync_dir(parent)?;
-            }
-            Ok(())
-        })
-        .await
+        blocking(move || Ok(remove_durably(&path, |p| fs::remove_file(p))?)).await
     }
 
     async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -643,17 +635,7 @@ impl Store for FsStore {
 
     async fn delete_record(&self, name: &str) -> Result<(), StoreError> {
         let path = self.record_path(name)?;
-        blocking(move || {
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                other => other?,
-            }
-            if let Some(parent) = path.parent() {
-                fsync_dir(parent)?;
-            }
-            Ok(())
-        })
-        .await
+        blocking(move || Ok(remove_durably(&path, |p| fs::remove_file(p))?)).await
     }
 }
 
