@@ -37,6 +37,8 @@ const OBJECT_MAGIC: &[u8; 8] = b"FERRYOB1";
 const COPY_BUF: usize = 1 << 20;
 const DATA: &str = "data";
 
+type PartLock = Arc<tokio::sync::Mutex<()>>;
+
 /// The embedded filesystem store. Cheap to clone.
 #[derive(Clone)]
 pub struct FsStore {
@@ -49,7 +51,7 @@ struct Inner {
     /// Serializes record writes so a conditional write's check and write are one step.
     records: Mutex<()>,
     /// One writer per part at a time: two bodies for one part must not interleave in `data`.
-    part_locks: Mutex<std::collections::HashMap<(String, u32), Arc<tokio::sync::Mutex<()>>>>,
+    part_locks: Mutex<std::collections::HashMap<(String, u32), PartLock>>,
 }
 
 impl FsStore {
