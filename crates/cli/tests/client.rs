@@ -255,3 +255,37 @@ async fn an_interrupted_get_resumes() {
     assert!(r["bytes_received"].as_u64().unwrap() < 16 * MIB, "{r}");
     assert_eq!(std::fs::read(&out).unwrap(), body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_ls_and_cancel_commands() {
+    let srv = TestServer::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let body = data(100 * KIB as usize, 30);
+    let created = srv.create("open.bin", &body, 64 * KIB).await;
+    let id = created["upload_id"].as_str().unwrap();
+    let p1 = &created["parts"][0];
+    assert_eq!(srv.put_url(p1["url"].as_str().unwrap(), slice(&body, p1).to_vec()).await.status(), 200);
+
+    let out = ferry(&srv.url, &state, &["status", id, "--json"]).output().await.unwrap();
+    assert!(out.status.success());
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((st["state"].as_str(), st["bytes_received"].as_u64()), (Some("uploading"), Some(64 * KIB)));
+
+    let out = ferry(&srv.url, &state, &["ls", "--state", "uploading", "--json"]).output().await.unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["upload_id"], id);
+
+    let out = ferry(&srv.url, &state, &["cancel", id]).output().await.unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled"));
+    let out = ferry(&srv.url, &state, &["ls", "--state", "uploading", "--json"]).output().await.unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), serde_json::json!([]));
+
+    let out = ferry(&srv.url, &state, &["status", "0123456789abcdef0123456789abcdef"]).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upload_not_found"));
+    let out = ferry(&srv.url, &state, &["ls", "--state", "bogus"]).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_state"));
+}

@@ -339,3 +339,46 @@ fn chunked_body(bytes: Vec<u8>) -> reqwest::Body {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = bytes.chunks(16 * KIB).map(|c| Ok(c.to_vec())).collect();
     reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
 }
+
+#[tokio::test]
+async fn without_a_token_one_is_generated_kept_and_printed() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env_remove("FERRY_TOKEN")
+            .env("FERRY_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let lines: Vec<String> = (0..3)
+            .map(|_| {
+                let mut l = String::new();
+                out.read_line(&mut l).unwrap();
+                l
+            })
+            .collect();
+        (child, lines)
+    };
+    let (mut child, lines) = start();
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap().trim().to_owned();
+    assert!(token.len() >= 32, "{token:?}");
+    let mode = std::fs::metadata(dir.path().join("token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the token file is private: {mode:o}");
+    let url = lines[0].split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    assert!(lines[2].contains(&format!("ferry put FILE --server {url} --token {token}")), "{lines:?}");
+    let http = reqwest::Client::new();
+    let res = http.get(format!("{url}/v1/uploads")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The same token after a restart.
+    let (mut child, lines) = start();
+    assert!(lines[2].ends_with(&format!("--token {token}\n")), "{lines:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -293,7 +293,7 @@ impl Sessions {
             .collect()
     }
 
-    /// Stores one part body. `counted` wraps the body so every byte read is counted.
+    /// Stores one part body (the route has already wrapped it so every byte read is counted).
     pub async fn put_part(
         &self,
         upload_id: &str,
