@@ -44,6 +44,10 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
     sweep_interval: Option<Duration>,
 
+    /// Requests handled at once; beyond that the server answers 503 with Retry-After.
+    #[arg(long, env = "FERRY_MAX_REQUESTS", default_value = "1024")]
+    max_requests: usize,
+
     /// A part body that sends nothing for this long is abandoned.
     #[arg(long, env = "FERRY_BODY_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     body_idle_timeout: Duration,
@@ -80,6 +84,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.session_ttl = args.session_ttl;
     config.max_object_size = args.max_object_size;
     config.body_idle_timeout = args.body_idle_timeout;
+    if args.max_requests == 0 {
+        bail!("--max-requests must be at least 1");
+    }
+    config.max_requests = args.max_requests;
     config.sweep_interval = args
         .sweep_interval
         .unwrap_or_else(|| (args.session_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)));

@@ -382,3 +382,19 @@ async fn without_a_token_one_is_generated_kept_and_printed() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn overload_is_a_json_503_with_retry_after() {
+    let srv = TestServer::start(&["--max-requests", "1"]);
+    let body = data(64 * KIB, 31);
+    let created = srv.create("busy", &body, 64 * KIB as u64).await;
+    // One request in flight: a part whose body is half sent.
+    let conn = raw_put(created["parts"][0]["url"].as_str().unwrap(), body.len(), &body[..KIB]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let res = srv.get("/uploads").await;
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_error(res, 503, "overloaded").await;
+    drop(conn);
+    // Once it is gone, requests are served again.
+    eventually(Duration::from_secs(10), async || srv.get("/uploads").await.status() == 200).await;
+}

@@ -23,6 +23,8 @@ pub struct ServerConfig {
     pub body_idle_timeout: Duration,
     /// How often expired sessions are looked for.
     pub sweep_interval: Duration,
+    /// Requests handled at once; more are answered 503 with `Retry-After` instead of queuing.
+    pub max_requests: usize,
 }
 
 impl ServerConfig {
@@ -37,6 +39,7 @@ impl ServerConfig {
             max_json_bytes: 1 << 20,
             body_idle_timeout: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(60),
+            max_requests: 1024,
         }
     }
 }

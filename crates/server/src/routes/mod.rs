@@ -16,6 +16,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use tokio::sync::Semaphore;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -36,6 +37,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.config.max_json_bytes))
+        .layer(middleware::from_fn_with_state(Arc::new(Semaphore::new(state.config.max_requests)), shed_load))
         .layer(middleware::from_fn(close_after_refusal))
         .with_state(state)
 }
@@ -101,6 +103,19 @@ pub(crate) fn part_put_response(result: Result<ferry_core::api::PartInfo, ApiErr
         res.headers_mut().insert(header::ETAG, v);
     }
     res
+}
+
+/// Past `max_requests` in flight, answer at once with 503 and `Retry-After` rather than queue: a
+/// client backs off and comes back, and memory stays bounded by configuration.
+async fn shed_load(State(slots): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
+    let Ok(_slot) = slots.try_acquire() else {
+        let mut res =
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the server is at capacity; retry shortly")
+                .into_response();
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return res;
+    };
+    next.run(req).await
 }
 
 /// A refusal often comes before the request body is read (bad signature, wrong size, too large),
