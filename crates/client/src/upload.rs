@@ -303,7 +303,7 @@ struct Engine<'a> {
     /// The next part to feed the hasher; parts below it are hashed.
     hash_next: u32,
     use_proxy: bool,
-    /// Parts whose URL was renewed after an "expired" answer, so a second one counts as a failure.
+    /// Parts whose URL was renewed after an "expired" answer; a second renewal counts as a retry.
     renewed: std::collections::HashSet<u32>,
     last_error: Option<ClientError>,
     journal_dirty: bool,
@@ -491,10 +491,14 @@ impl<'a> Engine<'a> {
             }
             Err(e) => e,
         };
-        if e.code() == Some("url_expired") && self.renewed.insert(n) {
+        let expired = e.code() == Some("url_expired");
+        if expired {
+            // Renew the URL whatever happens; the first renewal of a part costs no retry.
             self.session.urls.remove(&n);
-            self.sched.on_retry_now(n);
-            return Ok(());
+            if self.renewed.insert(n) {
+                self.sched.on_retry_now(n);
+                return Ok(());
+            }
         }
         if let Some(url) = url.filter(|_| e.is_connect() && !self.use_proxy)
             && origin_of(&url) != self.api.origin()
@@ -511,6 +515,8 @@ impl<'a> Engine<'a> {
         let failure = match (stage, &e) {
             // The part was sent but the server cannot confirm it: send it again.
             (Stage::Confirm, ClientError::Api { status: 404 | 409, .. }) => Failure::Retryable { retry_after: None },
+            // Clocks disagree, or the URL aged in a queue: a fresh one will do.
+            _ if expired => Failure::Retryable { retry_after: None },
             _ => e.failure(),
         };
         match self.sched.on_failure(n, Instant::now(), failure) {
