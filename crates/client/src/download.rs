@@ -150,7 +150,7 @@ async fn run(
     let plan = PartPlan::new(head.size, Some(opts.chunk_size.max(1)), &limits)
         .map_err(|e| ClientError::Usage(format!("cannot plan the download: {e}")))?;
     let spans: Vec<PartSpan> = plan.parts().filter(|s| s.size > 0).collect();
-    let sched = Scheduler::new(spans, |n| journal.done.contains(&n), opts.concurrency, opts.retry, seed());
+    let sched = Scheduler::new(spans.clone(), |n| journal.done.contains(&n), opts.concurrency, opts.retry, seed());
     let resumed_bytes = sched.done_bytes();
     events.emit(Event::Started {
         file: label.clone(),
@@ -173,21 +173,25 @@ async fn run(
         journal_written: Instant::now(),
         journal_dirty: false,
         sched,
+        spans,
+        hasher: Sha256::new(),
+        hashed: 0,
         tracker: Arc::clone(&tracker),
         permits,
         last_error: None,
     };
+    d.hash_ready().await?;
     d.transfer().await?;
     let retries = d.sched.retries();
 
     events.emit(Event::Verifying { file: label.clone() });
+    d.hash_ready().await?;
     let f = Arc::clone(&file);
     let size = head.size;
+    let hasher = std::mem::take(&mut d.hasher);
     let sha256 = blocking(&temp, move || {
         f.sync_all()?;
-        let mut h = Sha256::new();
-        file::hash_range(&f, 0, size, &mut h)?;
-        Ok(hex::encode(h.finalize()))
+        Ok(hex::encode(hasher.finalize()))
     })
     .await?;
     if let Some(expected) = &head.sha256
@@ -230,6 +234,12 @@ struct Downloader<'a> {
     journal_written: Instant,
     journal_dirty: bool,
     sched: Scheduler,
+    spans: Vec<PartSpan>,
+    /// The file's SHA-256 so far: ranges are hashed, from the temp file, as soon as every range
+    /// before them is in, so verifying overlaps the download instead of following it.
+    hasher: Sha256,
+    /// How many of `spans` are hashed.
+    hashed: usize,
     tracker: Arc<Tracker>,
     permits: Arc<Semaphore>,
     last_error: Option<ClientError>,
@@ -265,14 +275,14 @@ impl Downloader<'_> {
                 Action::WaitUntil(t) => {
                     self.save_journal(false).await?;
                     tokio::select! {
-                        msg = rx.recv() => self.handle(msg)?,
+                        msg = rx.recv() => self.handle(msg).await?,
                         _ = tokio::time::sleep_until(t.into()) => {}
                     }
                 }
                 Action::Idle => {
                     self.save_journal(false).await?;
                     let msg = rx.recv().await;
-                    self.handle(msg)?;
+                    self.handle(msg).await?;
                 }
                 Action::Complete => return self.save_journal(true).await,
                 Action::Fail(e) => {
@@ -283,7 +293,26 @@ impl Downloader<'_> {
         }
     }
 
-    fn handle(&mut self, msg: Option<(u32, Result<(), ClientError>)>) -> Result<(), ClientError> {
+    /// Hashes the ranges that are now contiguous from the start of the file.
+    async fn hash_ready(&mut self) -> Result<(), ClientError> {
+        let end = self.spans[self.hashed..].iter().take_while(|s| self.sched.is_done(s.part_number)).count();
+        if end == 0 {
+            return Ok(());
+        }
+        let ready: Vec<PartSpan> = self.spans[self.hashed..self.hashed + end].to_vec();
+        let (f, mut hasher) = (Arc::clone(&self.file), std::mem::take(&mut self.hasher));
+        self.hasher = blocking(&self.temp, move || {
+            for s in ready {
+                file::hash_range(&f, s.offset, s.size, &mut hasher)?;
+            }
+            Ok(hasher)
+        })
+        .await?;
+        self.hashed += end;
+        Ok(())
+    }
+
+    async fn handle(&mut self, msg: Option<(u32, Result<(), ClientError>)>) -> Result<(), ClientError> {
         let Some((n, result)) = msg else {
             return Err(ClientError::Protocol("the download tasks stopped unexpectedly".to_owned()));
         };
@@ -292,6 +321,7 @@ impl Downloader<'_> {
                 self.sched.on_success(n);
                 self.journal.done.insert(n);
                 self.journal_dirty = true;
+                self.hash_ready().await?;
             }
             Err(e) => {
                 if let Some(delay) = self.sched.on_failure(n, Instant::now(), e.failure()) {
