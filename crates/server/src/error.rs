@@ -73,6 +73,9 @@ impl From<StoreError> for ApiError {
             }
             StoreError::ConditionFailed => ApiError::conflict("concurrent_update", msg),
             StoreError::InvalidName(_) => ApiError::bad_request("invalid_name", msg),
+            StoreError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", "the server's disk is full")
+            }
             StoreError::Corrupt(_) | StoreError::Io(_) => ApiError::internal(msg),
         }
     }
@@ -109,5 +112,26 @@ impl From<SignError> for ApiError {
 impl From<RangeError> for ApiError {
     fn from(e: RangeError) -> ApiError {
         ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "invalid_range", e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_statuses_and_codes() {
+        let cases = [
+            (StoreError::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)), 507, "insufficient_storage"),
+            (StoreError::Io(std::io::Error::other("disk on fire")), 500, "internal"),
+            (StoreError::NoSuchObject, 404, "object_not_found"),
+            (StoreError::BodyTooLong { expected: 1 }, 400, "wrong_part_size"),
+            (StoreError::ChecksumMismatch { expected: "a".into(), actual: "b".into() }, 422, "sha256_mismatch"),
+            (StoreError::ConditionFailed, 409, "concurrent_update"),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from(e);
+            assert_eq!((api.status.as_u16(), api.code), (status, code));
+        }
     }
 }
