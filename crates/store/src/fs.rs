@@ -355,11 +355,14 @@ impl Store for FsStore {
                 blocking(move || Ok(OpenOptions::new().read(true).write(true).create_new(true).open(&tp)?)).await?,
             );
             let digest = write_body(&staged, 0, span.size, body).await?;
-            let (m, d) = (marker.clone(), Arc::clone(&data));
+            let (m, d, upload) = (marker.clone(), Arc::clone(&data), dir.clone());
             blocking(move || {
                 let _tmp = tmp;
-                // From here the part is absent until its new marker lands.
+                // The old marker must be gone for good before its bytes are overwritten, or a
+                // crash could bring it back over bytes it does not describe. From here the part
+                // is absent until its new marker lands.
                 fs::remove_file(&m)?;
+                fsync_dir(&upload)?;
                 copy_range(&staged, 0, &d, span.offset, span.size)?;
                 Ok(())
             })
