@@ -515,7 +515,18 @@ impl Store for FsStore {
 
     async fn abort_multipart(&self, upload_id: &str) -> Result<(), StoreError> {
         let dir = self.upload_dir(upload_id)?;
-        blocking(move || Ok(remove_durably(&dir, |p| fs::remove_dir_all(p))?)).await
+        blocking(move || {
+            // A part finishing at this moment can publish its marker while the directory is
+            // being emptied; once the directory is gone no later part can, so trying again settles it.
+            let mut tries = 0;
+            loop {
+                match remove_durably(&dir, |p| fs::remove_dir_all(p)) {
+                    Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 5 => tries += 1,
+                    other => return Ok(other?),
+                }
+            }
+        })
+        .await
     }
 
     async fn open_object(&self, key: &str) -> Result<Box<dyn ObjectReader>, StoreError> {
