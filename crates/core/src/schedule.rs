@@ -259,10 +259,6 @@ impl Scheduler {
         self.done_bytes
     }
 
-    pub fn done_parts(&self) -> usize {
-        self.slots.iter().filter(|s| **s == Slot::Done).count()
-    }
-
     pub fn is_done(&self, part_number: u32) -> bool {
         self.index(part_number).is_some_and(|i| self.slots[i] == Slot::Done)
     }

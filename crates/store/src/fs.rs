@@ -74,10 +74,6 @@ impl FsStore {
         Ok(FsStore { inner: Arc::new(Inner { root, limits, records: Mutex::new(()), part_locks: Mutex::default() }) })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.inner.root
-    }
-
     fn upload_dir(&self, upload_id: &str) -> Result<PathBuf, StoreError> {
         check_id(upload_id)?;
         Ok(self.inner.root.join("uploads").join(upload_id))
