@@ -69,6 +69,9 @@ pub struct PartUrl {
     pub offset: u64,
     pub size: u64,
     pub url: String,
+    /// Headers the PUT must carry as given (they are covered by the URL's signature).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
@@ -82,6 +85,10 @@ pub struct CreatedUpload {
     pub part_size: u64,
     pub part_count: u32,
     pub parts: Vec<PartUrl>,
+    /// `"md5"` when part URLs go straight to a store that checks each part: a client should sign
+    /// each part with its `content_md5` and send the headers its URL comes with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_checksum: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_url: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
@@ -92,6 +99,9 @@ pub struct CreatedUpload {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignParts {
     pub part_numbers: Vec<u32>,
+    /// Base64 MD5 of a part's bytes, by part number: the store then refuses other bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub content_md5: BTreeMap<u32, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,7 +130,9 @@ pub struct PartInfo {
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
-    pub sha256: String,
+    /// Known for every object ferry stored; absent for one another tool wrote into a shared bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Quoted, as HTTP sends it.
     pub etag: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +155,9 @@ pub struct UploadStatus {
     pub part_count: u32,
     pub parts: Vec<PartInfo>,
     pub bytes_received: u64,
+    /// As in [`CreatedUpload::part_checksum`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_checksum: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,6 +247,16 @@ pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// True when `s` is the base64 form of an MD5 digest (16 bytes: 22 characters, the last of them
+/// carrying only 2 bits, then `==`), as `Content-MD5` carries it.
+pub fn is_base64_md5(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 24
+        && s.ends_with("==")
+        && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        && b"AQgw".contains(&b[21])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +269,22 @@ mod tests {
         assert_eq!(bare_etag("\""), "\"");
         assert_eq!(quote_etag("abc"), "\"abc\"");
         assert_eq!(quote_etag("\"abc\""), "\"abc\"");
+    }
+
+    #[test]
+    fn content_md5_shape() {
+        // MD5("") and MD5("abc").
+        assert!(is_base64_md5("1B2M2Y8AsgTpgAmY7PhCfg=="));
+        assert!(is_base64_md5("kAFQmDzST7DWlj99KOF/cg=="));
+        for bad in [
+            "",
+            "1B2M2Y8AsgTpgAmY7PhCfg",
+            "1B2M2Y8AsgTpgAmY7PhCfh==",
+            "1B2M2Y8AsgTpgAmY7PhC\n==",
+            "kAFQmDzST7DWlj99KOF/cg==x",
+        ] {
+            assert!(!is_base64_md5(bad), "{bad}");
+        }
     }
 
     #[test]

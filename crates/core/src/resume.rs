@@ -90,6 +90,10 @@ pub fn reconcile(plan: &PartPlan, journal_parts: &BTreeMap<u32, String>, server_
             continue;
         }
         match journal_parts.get(&p.part_number) {
+            // An empty ETag: the store lists parts without them, so the journal's stands.
+            Some(etag) if p.etag.is_empty() => {
+                r.done.insert(p.part_number, PartInfo { etag: etag.clone(), ..p.clone() });
+            }
             Some(etag) if bare_etag(etag) != bare_etag(&p.etag) => r.conflicting.push(p.part_number),
             Some(_) => {
                 r.done.insert(p.part_number, p.clone());
@@ -168,6 +172,21 @@ mod tests {
         assert_eq!(r.conflicting, vec![2]);
         assert_eq!(r.lost, vec![3]);
         assert_eq!(r.unjournaled, vec![4]);
+    }
+
+    #[test]
+    fn a_listing_without_etags_keeps_the_journals() {
+        let plan = PartPlan::new(2 * 65536, Some(65536), &Limits::EMBEDDED).unwrap();
+        let journal: BTreeMap<u32, String> = [(1, "\"a\"".to_owned())].into_iter().collect();
+        let server = [
+            PartInfo { part_number: 1, size: 65536, etag: String::new() },
+            PartInfo { part_number: 2, size: 65536, etag: String::new() },
+        ];
+        let r = reconcile(&plan, &journal, &server);
+        assert_eq!(r.done[&1].etag, "\"a\"");
+        assert_eq!(r.done[&2].etag, "");
+        assert!(r.conflicting.is_empty() && r.lost.is_empty());
+        assert_eq!(r.unjournaled, vec![2]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 use std::io;
 
 /// Why a store operation failed. The first group is the caller's or the client's doing and maps to
-/// a 4xx; `Io` and `Corrupt` are the store's own trouble.
+/// a 4xx; `Io`, `Corrupt`, `Remote` and `Unreachable` are the store's own trouble.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no such upload")]
@@ -26,6 +26,14 @@ pub enum StoreError {
     InvalidName(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    #[error("the key {0:?} is reserved for the store's own records")]
+    ReservedKey(String),
     #[error("storage I/O failed: {0}")]
     Io(#[from] io::Error),
+    /// The backing service answered with an error this store has no better name for.
+    #[error("the storage service answered {status} {code}: {message}")]
+    Remote { status: u16, code: String, message: String },
+    /// The backing service could not be reached or stopped answering.
+    #[error("the storage service is unreachable: {0}")]
+    Unreachable(String),
 }

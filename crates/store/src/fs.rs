@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_util::io::ReaderStream;
 
-use crate::{ByteStream, Condition, ObjectMeta, ObjectReader, Record, Store, StoreError};
+use crate::{ByteStream, Condition, Multipart, ObjectMeta, ObjectReader, Record, Store, StoreError, check_record_name};
 
 const MARKER_MAGIC: &[u8; 8] = b"FERRYMK1";
 const MARKER_LEN: usize = 16 + 8 + 8;
@@ -154,18 +154,6 @@ fn check_id(id: &str) -> Result<(), StoreError> {
     let ok =
         !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok { Ok(()) } else { Err(StoreError::InvalidName(id.to_owned())) }
-}
-
-fn check_record_name(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= 512
-        && name.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        });
-    if ok { Ok(()) } else { Err(StoreError::InvalidName(name.to_owned())) }
 }
 
 fn part_file_name(n: u32) -> String {
@@ -315,17 +303,23 @@ impl Store for FsStore {
         self.inner.limits
     }
 
-    async fn create_multipart(&self, upload_id: &str) -> Result<(), StoreError> {
+    fn verifies_sha256(&self) -> bool {
+        true
+    }
+
+    async fn create_multipart(&self, upload_id: &str, key: &str, _meta: &ObjectMeta) -> Result<Multipart, StoreError> {
         let dir = self.upload_dir(upload_id)?;
         blocking(move || {
             ensure_dir(&dir)?;
             OpenOptions::new().write(true).create(true).truncate(false).open(dir.join(DATA))?.sync_all()?;
             Ok(fsync_dir(&dir)?)
         })
-        .await
+        .await?;
+        Ok(Multipart { upload_id: upload_id.to_owned(), key: key.to_owned(), store_id: String::new() })
     }
 
-    async fn put_part(&self, upload_id: &str, span: PartSpan, body: ByteStream) -> Result<PartInfo, StoreError> {
+    async fn put_part(&self, upload: &Multipart, span: PartSpan, body: ByteStream) -> Result<PartInfo, StoreError> {
+        let upload_id = upload.upload_id.as_str();
         let dir = self.upload_dir(upload_id)?;
         let n = span.part_number;
         let lock = {
@@ -383,8 +377,8 @@ impl Store for FsStore {
         Ok(PartInfo { part_number: n, size: span.size, etag: quote_etag(&hex::encode(&digest[..16])) })
     }
 
-    async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, StoreError> {
-        let dir = self.upload_dir(upload_id)?;
+    async fn list_parts(&self, upload: &Multipart) -> Result<Vec<PartInfo>, StoreError> {
+        let dir = self.upload_dir(&upload.upload_id)?;
         blocking(move || {
             let entries = match fs::read_dir(&dir) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NoSuchUpload),
@@ -409,8 +403,8 @@ impl Store for FsStore {
         .await
     }
 
-    async fn head_part(&self, upload_id: &str, part_number: u32) -> Result<Option<PartInfo>, StoreError> {
-        let dir = self.upload_dir(upload_id)?;
+    async fn head_part(&self, upload: &Multipart, part_number: u32) -> Result<Option<PartInfo>, StoreError> {
+        let dir = self.upload_dir(&upload.upload_id)?;
         blocking(move || {
             if !dir.is_dir() {
                 return Err(StoreError::NoSuchUpload);
@@ -426,17 +420,16 @@ impl Store for FsStore {
 
     async fn complete_multipart(
         &self,
-        upload_id: &str,
-        key: &str,
+        upload: &Multipart,
         parts: &[PartInfo],
         expected_sha256: Option<&str>,
         meta: ObjectMeta,
     ) -> Result<ObjectInfo, StoreError> {
-        let dir = self.upload_dir(upload_id)?;
-        let dest = self.object_path(key);
+        let dir = self.upload_dir(&upload.upload_id)?;
+        let dest = self.object_path(&upload.key);
         let parts = parts.to_vec();
-        let key = key.to_owned();
-        let upload_id = upload_id.to_owned();
+        let key = upload.key.clone();
+        let upload_id = upload.upload_id.clone();
         let expected = expected_sha256.map(str::to_ascii_lowercase);
         blocking(move || {
             let data_path = dir.join(DATA);
@@ -480,7 +473,7 @@ impl Store for FsStore {
                 key,
                 size: total,
                 etag: quote_etag(&sha256[..32]),
-                sha256,
+                sha256: Some(sha256),
                 content_type: meta.content_type,
                 metadata: meta.metadata,
                 last_modified: now_utc(),
@@ -509,8 +502,8 @@ impl Store for FsStore {
         .await
     }
 
-    async fn abort_multipart(&self, upload_id: &str) -> Result<(), StoreError> {
-        let dir = self.upload_dir(upload_id)?;
+    async fn abort_multipart(&self, upload: &Multipart) -> Result<(), StoreError> {
+        let dir = self.upload_dir(&upload.upload_id)?;
         blocking(move || {
             // A part finishing at this moment can publish its marker while the directory is
             // being emptied; once the directory is gone no later part can, so trying again settles it.

@@ -4,7 +4,8 @@
 //! storage backend: multipart objects (create, put a part from a stream, list parts, complete,
 //! abort), object reads with ranges, and small *records* with conditional writes (session state,
 //! manifests). [`FsStore`] is the embedded implementation: a directory on local disk, durable
-//! against `kill -9` and power loss (temp file, fsync, rename, fsync the directory).
+//! against `kill -9` and power loss (temp file, fsync, rename, fsync the directory). [`S3Store`]
+//! keeps everything in an S3-compatible bucket, so several servers can share it.
 //!
 //! This crate must not know about HTTP, auth, sessions or clients: it stores what it is given and
 //! checks what it is asked to check (sizes, ETags, SHA-256). Limits and session rules belong to the
@@ -12,6 +13,7 @@
 
 mod error;
 mod fs;
+mod s3;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -21,9 +23,11 @@ use bytes::Bytes;
 use ferry_core::api::{ObjectInfo, PartInfo};
 use ferry_core::plan::{Limits, PartSpan};
 use futures_util::Stream;
+use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
 pub use fs::FsStore;
+pub use s3::{S3Config, S3Credentials, S3Store};
 
 /// A body to store or a range being read. An `Err` item means the producer failed (for an upload,
 /// usually a client that went away mid-body); the store then keeps nothing of it.
@@ -34,6 +38,27 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> +
 pub struct ObjectMeta {
     pub content_type: Option<String>,
     pub metadata: BTreeMap<String, String>,
+}
+
+/// A multipart upload as its store knows it. The caller keeps it (in its session record) and
+/// hands it back on every call, so any process sharing the store can carry the upload on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Multipart {
+    /// The caller's id for the upload.
+    pub upload_id: String,
+    /// The object the parts become.
+    pub key: String,
+    /// The store's own id for it (S3's `UploadId`); empty where the store needs none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub store_id: String,
+}
+
+/// A URL a client sends a part to straight, and the headers it must send with it (they are part
+/// of the signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectPart {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
 }
 
 /// When a record write may happen.
@@ -67,38 +92,64 @@ pub trait Store: Send + Sync + 'static {
     /// What this backend accepts for a multipart object.
     fn limits(&self) -> Limits;
 
-    /// Prepares to receive the parts of `upload_id`.
-    async fn create_multipart(&self, upload_id: &str) -> Result<(), StoreError>;
+    /// Whether `complete_multipart` reads the parts and checks `expected_sha256` before it
+    /// publishes. A store that cannot (S3 cannot read an open multipart upload) records the
+    /// SHA-256 it is given, and readers verify it end to end.
+    fn verifies_sha256(&self) -> bool;
+
+    /// Prepares to receive the parts of an upload that will become the object `key`.
+    async fn create_multipart(&self, upload_id: &str, key: &str, meta: &ObjectMeta) -> Result<Multipart, StoreError>;
+
+    /// The checksum a client should send with each part it PUTs straight to the store
+    /// (`"md5"`: `Content-MD5`, signed into the part's URL), or `None` if parts come through
+    /// the server.
+    fn part_checksum(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// A URL the client can PUT part `span` to without going through the server, valid for `ttl`,
+    /// or `None` if this store has no such URLs. With `content_md5` (base64), the store refuses a
+    /// body with another MD5.
+    fn presign_part(
+        &self,
+        upload: &Multipart,
+        span: PartSpan,
+        content_md5: Option<&str>,
+        ttl: std::time::Duration,
+    ) -> Option<DirectPart> {
+        let _ = (upload, span, content_md5, ttl);
+        None
+    }
 
     /// Stores the part `span` describes (its number, offset in the object and size; the body must
     /// be exactly that size), replacing any earlier copy. Returns only once the part is on stable
     /// storage. A body of the wrong length or one that fails mid-way changes nothing.
-    async fn put_part(&self, upload_id: &str, span: PartSpan, body: ByteStream) -> Result<PartInfo, StoreError>;
+    async fn put_part(&self, upload: &Multipart, span: PartSpan, body: ByteStream) -> Result<PartInfo, StoreError>;
 
-    /// The parts stored so far, in part-number order.
-    async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, StoreError>;
+    /// The parts stored so far, in part-number order. A store that does not report part ETags
+    /// gives an empty `etag`.
+    async fn list_parts(&self, upload: &Multipart) -> Result<Vec<PartInfo>, StoreError>;
 
     /// One stored part, if present.
-    async fn head_part(&self, upload_id: &str, part_number: u32) -> Result<Option<PartInfo>, StoreError> {
-        Ok(self.list_parts(upload_id).await?.into_iter().find(|p| p.part_number == part_number))
+    async fn head_part(&self, upload: &Multipart, part_number: u32) -> Result<Option<PartInfo>, StoreError> {
+        Ok(self.list_parts(upload).await?.into_iter().find(|p| p.part_number == part_number))
     }
 
-    /// Assembles `parts` (in order; each must still match its size and ETag) into the object `key`,
-    /// atomically: readers see the previous object or the whole new one. With `expected_sha256`, a
-    /// mismatch stores nothing and leaves the parts in place. Parts may outlive a successful
-    /// complete until [`Store::abort_multipart`], so a caller that crashes before recording the
-    /// result can complete again.
+    /// Assembles `parts` (in order; each must still match its size and ETag) into the upload's
+    /// object, atomically: readers see the previous object or the whole new one. With
+    /// `expected_sha256`, a store that [verifies](Store::verifies_sha256) stores nothing on a
+    /// mismatch and leaves the parts in place. Completing again after a success (a caller that
+    /// crashed before recording the result) returns the same object.
     async fn complete_multipart(
         &self,
-        upload_id: &str,
-        key: &str,
+        upload: &Multipart,
         parts: &[PartInfo],
         expected_sha256: Option<&str>,
         meta: ObjectMeta,
     ) -> Result<ObjectInfo, StoreError>;
 
-    /// Deletes every part of `upload_id`. Idempotent.
-    async fn abort_multipart(&self, upload_id: &str) -> Result<(), StoreError>;
+    /// Deletes every part of the upload. Idempotent.
+    async fn abort_multipart(&self, upload: &Multipart) -> Result<(), StoreError>;
 
     async fn open_object(&self, key: &str) -> Result<Box<dyn ObjectReader>, StoreError>;
 
@@ -121,4 +172,17 @@ pub trait Store: Send + Sync + 'static {
     async fn list_records(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 
     async fn delete_record(&self, name: &str) -> Result<(), StoreError>;
+}
+
+/// Record names are `/`-separated segments of ASCII letters, digits, `-`, `_` and `.`.
+pub(crate) fn check_record_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 512
+        && name.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+    if ok { Ok(()) } else { Err(StoreError::InvalidName(name.to_owned())) }
 }

@@ -1,13 +1,18 @@
 //! The behaviour every `Store` must have, written against the trait so each implementation runs
-//! the same suite. Here: the embedded filesystem store on a temp dir.
+//! the same suite: the embedded filesystem store on a temp dir, and the S3 store against two real
+//! S3-compatible servers (`s3s-fs`, which checks signatures, and moto).
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/s3_servers.rs"]
+mod s3_servers;
+
 use bytes::Bytes;
+use ferry_core::api::PartInfo;
 use ferry_core::plan::{Limits, PartSpan};
 use ferry_store::{ByteStream, Condition, FsStore, ObjectMeta, Store, StoreError};
 use futures_util::StreamExt;
+use s3_servers::{Kind, S3Server};
 use sha2::{Digest, Sha256};
-
 fn sp(part_number: u32, offset: u64, size: u64) -> PartSpan {
     PartSpan { part_number, offset, size }
 }
@@ -34,98 +39,136 @@ async fn read_all(store: &dyn Store, key: &str, start: u64, len: u64) -> Vec<u8>
     out
 }
 
+/// Same numbers and sizes, and the same ETags where the store reports them (`s3s-fs` lists parts
+/// without ETags).
+fn assert_same_parts(listed: &[PartInfo], expected: &[PartInfo]) {
+    assert_eq!(listed.len(), expected.len(), "{listed:?} vs {expected:?}");
+    for (l, e) in listed.iter().zip(expected) {
+        assert_eq!((l.part_number, l.size), (e.part_number, e.size));
+        assert!(l.etag.is_empty() || l.etag == e.etag, "{l:?} vs {e:?}");
+    }
+}
+
+/// Collects a read; `Err` if the stream failed.
+async fn try_read(stream: ByteStream) -> Result<Vec<u8>, std::io::Error> {
+    let mut s = stream;
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
 async fn suite(store: &dyn Store) {
-    let a = vec![1u8; 70_000];
+    // Part 1 at the store's minimum part size, part 2 a shorter last part.
+    let first = store.limits().min_part_size as usize;
+    let total = (first + 30_000) as u64;
+    let a: Vec<u8> = (0..first).map(|i| (i % 251) as u8).collect();
     let b = vec![2u8; 30_000];
-    store.create_multipart("up1").await.unwrap();
-    assert!(store.list_parts("up1").await.unwrap().is_empty());
+    let up1 = store.create_multipart("up1", "k/obj", &ObjectMeta::default()).await.unwrap();
+    assert!(store.list_parts(&up1).await.unwrap().is_empty());
+    let s1 = sp(1, 0, first as u64);
+    let s2 = sp(2, first as u64, 30_000);
 
     // Wrong sizes and failing bodies store nothing.
-    assert!(matches!(
-        store.put_part("up1", sp(1, 0, 70_000), body(&a[..100])).await,
-        Err(StoreError::BodyTooShort { .. })
-    ));
+    assert!(matches!(store.put_part(&up1, s1, body(&a[..100])).await, Err(StoreError::BodyTooShort { .. })));
     let mut long = a.clone();
     long.push(0);
-    assert!(matches!(store.put_part("up1", sp(1, 0, 70_000), body(&long)).await, Err(StoreError::BodyTooLong { .. })));
-    assert!(matches!(store.put_part("up1", sp(1, 0, 70_000), failing_body(&a[..5])).await, Err(StoreError::Body(_))));
-    assert!(store.list_parts("up1").await.unwrap().is_empty());
-    assert!(matches!(store.put_part("nope", sp(1, 0, 1), body(&[0])).await, Err(StoreError::NoSuchUpload)));
+    assert!(matches!(store.put_part(&up1, s1, body(&long)).await, Err(StoreError::BodyTooLong { .. })));
+    assert!(matches!(store.put_part(&up1, s1, failing_body(&a[..5])).await, Err(StoreError::Body(_))));
+    assert!(store.list_parts(&up1).await.unwrap().is_empty());
 
     // Parts in any order; a re-sent part replaces the old one.
-    let p2 = store.put_part("up1", sp(2, 70_000, 30_000), body(&vec![9u8; 30_000])).await.unwrap();
-    let p2b = store.put_part("up1", sp(2, 70_000, 30_000), body(&b)).await.unwrap();
+    let p2 = store.put_part(&up1, s2, body(&vec![9u8; 30_000])).await.unwrap();
+    let p2b = store.put_part(&up1, s2, body(&b)).await.unwrap();
     assert_ne!(p2.etag, p2b.etag);
-    let p1 = store.put_part("up1", sp(1, 0, 70_000), body(&a)).await.unwrap();
+    let p1 = store.put_part(&up1, s1, body(&a)).await.unwrap();
     // A re-send that fails keeps the stored copy, bytes and ETag.
-    assert!(matches!(
-        store.put_part("up1", sp(2, 70_000, 30_000), failing_body(&[7u8; 100])).await,
-        Err(StoreError::Body(_))
-    ));
-    assert!(matches!(
-        store.put_part("up1", sp(2, 70_000, 30_000), body(&[7u8; 10])).await,
-        Err(StoreError::BodyTooShort { .. })
-    ));
-    let listed = store.list_parts("up1").await.unwrap();
-    assert_eq!(listed, vec![p1.clone(), p2b.clone()]);
-    assert_eq!(store.head_part("up1", 2).await.unwrap(), Some(p2b.clone()));
-    assert_eq!(store.head_part("up1", 3).await.unwrap(), None);
+    assert!(matches!(store.put_part(&up1, s2, failing_body(&[7u8; 100])).await, Err(StoreError::Body(_))));
+    assert!(matches!(store.put_part(&up1, s2, body(&[7u8; 10])).await, Err(StoreError::BodyTooShort { .. })));
+    let listed = store.list_parts(&up1).await.unwrap();
+    assert_same_parts(&listed, &[p1.clone(), p2b.clone()]);
+    let reports_etags = !listed[0].etag.is_empty();
+    assert_same_parts(&[store.head_part(&up1, 2).await.unwrap().unwrap()], std::slice::from_ref(&p2b));
+    assert_eq!(store.head_part(&up1, 3).await.unwrap(), None);
 
-    // Complete checks ETags and the checksum; a failure publishes nothing and keeps the parts.
+    // Complete checks ETags (where the store reports them) and, where the store can read its
+    // parts, the checksum; a failure publishes nothing and keeps the parts.
     let whole: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
     let sha = hex::encode(Sha256::digest(&whole));
-    let stale = [p1.clone(), p2.clone()];
-    assert!(matches!(
-        store.complete_multipart("up1", "k/obj", &stale, None, ObjectMeta::default()).await,
-        Err(StoreError::PartChanged { part: 2, .. })
-    ));
+    if reports_etags {
+        let stale = [p1.clone(), p2.clone()];
+        assert!(matches!(
+            store.complete_multipart(&up1, &stale, None, ObjectMeta::default()).await,
+            Err(StoreError::PartChanged { part: 2, .. })
+        ));
+    }
     let parts = [p1.clone(), p2b.clone()];
-    let wrong = "0".repeat(64);
-    assert!(matches!(
-        store.complete_multipart("up1", "k/obj", &parts, Some(&wrong), ObjectMeta::default()).await,
-        Err(StoreError::ChecksumMismatch { .. })
-    ));
+    if store.verifies_sha256() {
+        let wrong = "0".repeat(64);
+        assert!(matches!(
+            store.complete_multipart(&up1, &parts, Some(&wrong), ObjectMeta::default()).await,
+            Err(StoreError::ChecksumMismatch { .. })
+        ));
+    }
     assert!(matches!(store.open_object("k/obj").await, Err(StoreError::NoSuchObject)));
+    assert_same_parts(&store.list_parts(&up1).await.unwrap(), &parts);
     let meta =
         ObjectMeta { content_type: Some("application/x-test".into()), metadata: [("a".into(), "b".into())].into() };
-    let info = store.complete_multipart("up1", "k/obj", &parts, Some(&sha.to_uppercase()), meta).await.unwrap();
-    assert_eq!((info.size, info.sha256.as_str(), info.key.as_str()), (100_000, sha.as_str(), "k/obj"));
+    let info = store.complete_multipart(&up1, &parts, Some(&sha.to_uppercase()), meta).await.unwrap();
+    assert_eq!((info.size, info.sha256.as_deref(), info.key.as_str()), (total, Some(sha.as_str()), "k/obj"));
     assert_eq!(info.content_type.as_deref(), Some("application/x-test"));
-    assert_eq!(store.head_object("k/obj").await.unwrap(), info);
-    assert_eq!(read_all(store, "k/obj", 0, 100_000).await, whole);
+    assert_eq!(info.metadata.get("a").map(String::as_str), Some("b"));
+    let head = store.head_object("k/obj").await.unwrap();
+    assert_eq!(
+        (head.size, &head.sha256, &head.etag, &head.metadata),
+        (info.size, &info.sha256, &info.etag, &info.metadata)
+    );
+    assert_eq!(read_all(store, "k/obj", 0, total).await, whole);
     // Completing again (a caller that crashed before recording the result) finds the same object.
-    assert_eq!(store.complete_multipart("up1", "k/obj", &parts, None, ObjectMeta::default()).await.unwrap(), info);
-    assert_eq!(read_all(store, "k/obj", 69_990, 20).await, whole[69_990..70_010]);
+    let again = store.complete_multipart(&up1, &parts, None, ObjectMeta::default()).await.unwrap();
+    assert_eq!((again.etag, again.sha256), (info.etag.clone(), info.sha256.clone()));
+    let mid = first as u64 - 10;
+    assert_eq!(read_all(store, "k/obj", mid, 20).await, whole[mid as usize..mid as usize + 20]);
 
-    // A reader keeps the version it opened while the key is replaced.
+    // A reader opened before the key is replaced gives its own version or fails; never the new
+    // bytes, never a mix.
     let old_reader = store.open_object("k/obj").await.unwrap();
-    store.create_multipart("up2").await.unwrap();
-    let q = store.put_part("up2", sp(1, 0, 5), body(b"hello")).await.unwrap();
-    let info2 = store.complete_multipart("up2", "k/obj", &[q], None, ObjectMeta::default()).await.unwrap();
+    let up2 = store.create_multipart("up2", "k/obj", &ObjectMeta::default()).await.unwrap();
+    let q = store.put_part(&up2, sp(1, 0, 5), body(b"hello")).await.unwrap();
+    let info2 = store.complete_multipart(&up2, &[q], None, ObjectMeta::default()).await.unwrap();
     assert_eq!(info2.size, 5);
-    let mut s = old_reader.read(0, 100_000);
-    let mut n = 0;
-    while let Some(c) = s.next().await {
-        n += c.unwrap().len();
+    // Given no SHA-256, the store works it out.
+    assert_eq!(info2.sha256.as_deref(), Some(hex::encode(Sha256::digest(b"hello")).as_str()));
+    if let Ok(bytes) = try_read(old_reader.read(0, total)).await {
+        assert_eq!(bytes, whole);
     }
-    assert_eq!(n, 100_000);
     assert_eq!(read_all(store, "k/obj", 0, 5).await, b"hello");
 
-    // `a` and `a/b` are both keys; listing filters by prefix.
-    store.create_multipart("up3").await.unwrap();
-    let r = store.put_part("up3", sp(1, 0, 1), body(b"x")).await.unwrap();
-    store.complete_multipart("up3", "k", &[r], None, ObjectMeta::default()).await.unwrap();
+    // Listing filters by prefix.
+    let up3 = store.create_multipart("up3", "k2", &ObjectMeta::default()).await.unwrap();
+    let r = store.put_part(&up3, sp(1, 0, 1), body(b"x")).await.unwrap();
+    store.complete_multipart(&up3, &[r], None, ObjectMeta::default()).await.unwrap();
     let keys: Vec<String> = store.list_objects("k/").await.unwrap().into_iter().map(|o| o.key).collect();
     assert_eq!(keys, vec!["k/obj"]);
     assert_eq!(store.list_objects("").await.unwrap().len(), 2);
-    store.delete_object("k").await.unwrap();
-    store.delete_object("k").await.unwrap();
-    assert!(matches!(store.head_object("k").await, Err(StoreError::NoSuchObject)));
+    store.delete_object("k2").await.unwrap();
+    store.delete_object("k2").await.unwrap();
+    assert!(matches!(store.head_object("k2").await, Err(StoreError::NoSuchObject)));
 
-    // Abort is idempotent and removes parts.
-    store.abort_multipart("up1").await.unwrap();
-    store.abort_multipart("up1").await.unwrap();
-    assert!(matches!(store.list_parts("up1").await, Err(StoreError::NoSuchUpload)));
+    // Abort (cancel, expiry) is idempotent, removes the parts, and nothing can be added after it.
+    let up4 = store.create_multipart("up4", "k/aborted", &ObjectMeta::default()).await.unwrap();
+    store.put_part(&up4, sp(1, 0, 3), body(b"abc")).await.unwrap();
+    store.abort_multipart(&up4).await.unwrap();
+    store.abort_multipart(&up4).await.unwrap();
+    assert!(store.put_part(&up4, sp(1, 0, 3), body(b"abc")).await.is_err());
+    match store.list_parts(&up4).await {
+        Err(StoreError::NoSuchUpload) => {}
+        Ok(parts) => assert!(parts.is_empty(), "{parts:?}"),
+        Err(e) => panic!("{e}"),
+    }
+    assert!(store.complete_multipart(&up4, &[], None, ObjectMeta::default()).await.is_err());
+    assert!(matches!(store.head_object("k/aborted").await, Err(StoreError::NoSuchObject)));
 
     // Records: conditional writes.
     let v1 = store.put_record("sessions/s1", b"one".to_vec(), Condition::IfAbsent).await.unwrap();
@@ -138,6 +181,10 @@ async fn suite(store: &dyn Store) {
         store.put_record("sessions/s1", b"three".to_vec(), Condition::IfMatch(v1)).await,
         Err(StoreError::ConditionFailed)
     ));
+    assert!(matches!(
+        store.put_record("sessions/none", b"x".to_vec(), Condition::IfMatch(v2.clone())).await,
+        Err(StoreError::ConditionFailed)
+    ));
     let rec = store.get_record("sessions/s1").await.unwrap().unwrap();
     assert_eq!((rec.bytes.as_slice(), rec.version), (&b"two"[..], v2));
     store.put_record("sessions/s2", b"x".to_vec(), Condition::Any).await.unwrap();
@@ -147,7 +194,6 @@ async fn suite(store: &dyn Store) {
     for bad in ["../x", "a/../b", "", "a//b", "/abs", "a\\b"] {
         assert!(matches!(store.get_record(bad).await, Err(StoreError::InvalidName(_))), "{bad:?}");
     }
-    assert!(matches!(store.create_multipart("../escape").await, Err(StoreError::InvalidName(_))));
 }
 
 #[tokio::test]
@@ -155,20 +201,72 @@ async fn fs_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path(), Limits::EMBEDDED).unwrap();
     suite(&store).await;
+    // `a` and `a/b` can both be keys here (not on `s3s-fs`, which keeps objects as files).
+    let up = store.create_multipart("u", "k/obj/x", &ObjectMeta::default()).await.unwrap();
+    let p = store.put_part(&up, sp(1, 0, 1), body(b"x")).await.unwrap();
+    store.complete_multipart(&up, &[p], None, ObjectMeta::default()).await.unwrap();
+    assert_eq!(read_all(&store, "k/obj/x", 0, 1).await, b"x");
+    assert_eq!(store.head_object("k/obj").await.unwrap().size, 5);
+    assert!(matches!(
+        store.create_multipart("../escape", "k", &ObjectMeta::default()).await,
+        Err(StoreError::InvalidName(_))
+    ));
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "no temp file is left behind");
+}
+
+async fn s3_suite(kind: Kind) {
+    let server = S3Server::start(kind);
+    let store = server.store("conformance");
+    store.check().await.unwrap();
+    suite(&store).await;
+    // Everything stays under the prefix, and clients cannot reach the store's records.
+    let keys: Vec<String> = server.store("").list_objects("").await.unwrap().into_iter().map(|o| o.key).collect();
+    assert!(keys.contains(&"conformance/k/obj".to_owned()), "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("conformance/")), "{keys:?}");
+    assert!(matches!(
+        store.create_multipart("x", ".ferry/records/sessions/s2.json", &ObjectMeta::default()).await,
+        Err(StoreError::ReservedKey(_))
+    ));
+}
+
+#[tokio::test]
+async fn s3_store_conforms_on_s3s_fs() {
+    s3_suite(Kind::S3sFs).await;
+}
+
+#[tokio::test]
+async fn s3_store_conforms_on_moto() {
+    s3_suite(Kind::Moto).await;
+}
+
+#[tokio::test]
+async fn s3_store_refuses_wrong_credentials_and_missing_buckets() {
+    let server = S3Server::s3s_fs();
+    let mut config = server.config("p");
+    config.credentials.secret_access_key = "wrong".to_owned();
+    let err = ferry_store::S3Store::new(config).unwrap().check().await.unwrap_err();
+    assert!(matches!(&err, StoreError::Remote { status: 403, .. }), "{err}");
+    let mut config = server.config("p");
+    config.bucket = "no-such-bucket".to_owned();
+    let err = ferry_store::S3Store::new(config).unwrap().check().await.unwrap_err();
+    assert!(matches!(&err, StoreError::Remote { status: 404, .. }), "{err}");
+    let mut config = server.config("p");
+    config.endpoint = Some("http://127.0.0.1:1".to_owned());
+    let err = ferry_store::S3Store::new(config).unwrap().check().await.unwrap_err();
+    assert!(matches!(&err, StoreError::Unreachable(_)), "{err}");
 }
 
 #[tokio::test]
 async fn fs_store_sweeps_temp_files_and_ignores_damaged_parts_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path(), Limits::EMBEDDED).unwrap();
-    store.create_multipart("u").await.unwrap();
-    store.put_part("u", sp(1, 0, 3), body(b"abc")).await.unwrap();
+    let u = store.create_multipart("u", "k", &ObjectMeta::default()).await.unwrap();
+    store.put_part(&u, sp(1, 0, 3), body(b"abc")).await.unwrap();
     std::fs::write(dir.path().join("tmp").join("debris"), b"half a part").unwrap();
     std::fs::write(dir.path().join("uploads").join("u").join("00002.part"), b"no trailer").unwrap();
     drop(store);
     let store = FsStore::open(dir.path(), Limits::EMBEDDED).unwrap();
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-    let parts = store.list_parts("u").await.unwrap();
+    let parts = store.list_parts(&u).await.unwrap();
     assert_eq!(parts.iter().map(|p| p.part_number).collect::<Vec<_>>(), vec![1]);
 }
