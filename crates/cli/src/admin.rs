@@ -60,7 +60,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     crate::output::line(&format!("created  {}", rfc3339(st.created_at)));
     crate::output::line(&format!("expires  {}", rfc3339(st.expires_at)));
     if let Some(r) = st.result {
-        crate::output::line(&format!("sha256   {}", r.sha256));
+        crate::output::line(&format!("sha256   {}", r.sha256.as_deref().unwrap_or("unknown")));
     }
     Ok(())
 }

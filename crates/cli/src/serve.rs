@@ -2,11 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use ferry_server::{Server, ServerConfig};
+use ferry_store::{S3Config, S3Credentials, S3Store};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -14,9 +16,30 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
 
-    /// Directory for stored objects, upload sessions and the server's secrets.
+    /// Directory for stored objects, upload sessions and the server's secrets (embedded store).
     #[arg(long, env = "FERRY_DATA_DIR", default_value = "./ferry-data")]
     data_dir: PathBuf,
+
+    /// Keep everything in an S3-compatible bucket instead of the data dir: s3://BUCKET/PREFIX.
+    /// Clients then send parts straight to the bucket with presigned URLs, and any number of
+    /// servers pointed at the same bucket serve the same uploads. Credentials come from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), else from the
+    /// AWS_PROFILE profile of ~/.aws/credentials.
+    #[arg(long, env = "FERRY_STORE", value_name = "s3://BUCKET/PREFIX")]
+    store: Option<String>,
+
+    /// The S3 service's URL (MinIO, Ceph, Garage, R2, …). Default: AWS S3 in --s3-region.
+    #[arg(long, env = "AWS_ENDPOINT_URL_S3", requires = "store")]
+    s3_endpoint: Option<String>,
+
+    /// The bucket's region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    s3_region: String,
+
+    /// Address the bucket as https://HOST/BUCKET/KEY rather than https://BUCKET.HOST/KEY, as most
+    /// self-hosted services need.
+    #[arg(long, env = "FERRY_S3_PATH_STYLE", requires = "store")]
+    s3_path_style: bool,
 
     /// Bearer token clients must send (repeat for several). Without one, a token is generated on
     /// first start, kept in the data dir and printed.
@@ -94,21 +117,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if config.sweep_interval.is_zero() || config.url_ttl.is_zero() || config.session_ttl.is_zero() {
         bail!("durations must be longer than zero");
     }
-    let server =
-        Server::open(config).with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;
+    let (server, data, token_place) = match &args.store {
+        None => {
+            let server = Server::open(config)
+                .with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;
+            (server, args.data_dir.display().to_string(), args.data_dir.join("token").display().to_string())
+        }
+        Some(url) => {
+            let credentials = S3Credentials::from_environment().map_err(anyhow::Error::msg)?;
+            let mut s3 = S3Config::from_url(url, args.s3_region.clone(), credentials).map_err(anyhow::Error::msg)?;
+            s3.endpoint = args.s3_endpoint.clone();
+            s3.path_style = args.s3_path_style;
+            s3.max_object_size = args.max_object_size;
+            let store = S3Store::new(s3).map_err(anyhow::Error::msg)?;
+            store.check().await.with_context(|| format!("cannot use the store {url}"))?;
+            let server = Server::shared(config, Arc::new(store))
+                .await
+                .with_context(|| format!("cannot read or create the server's secrets in {url}"))?;
+            (server, url.clone(), format!("the store ({url})"))
+        }
+    };
 
     let listening = format!("http://{local}");
     if listening == public_url {
-        println!("ferry serve: listening on {listening} (data in {})", args.data_dir.display());
+        println!("ferry serve: listening on {listening} (data in {data})");
     } else {
-        println!(
-            "ferry serve: listening on {listening} (signed URLs use {public_url}; data in {})",
-            args.data_dir.display()
-        );
+        println!("ferry serve: listening on {listening} (signed URLs use {public_url}; data in {data})");
     }
     if args.tokens.is_empty() {
         let token = server.tokens().first().cloned().unwrap_or_default();
-        println!("token kept in {}", args.data_dir.join("token").display());
+        println!("token kept in {token_place}");
         println!("upload with:  ferry put FILE --server {public_url} --token {token}");
     }
     server.serve(listener, shutdown_signal()).await.context("server failed")?;

@@ -1,5 +1,6 @@
 //! The control-plane API v1 as typed calls.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_core::api::{
@@ -83,8 +84,15 @@ impl Api {
         self.json("creating the upload", self.authed(self.http.post(self.url("/uploads")).json(req))).await
     }
 
-    pub async fn sign(&self, upload_id: &str, part_numbers: &[u32]) -> Result<Vec<PartUrl>, ClientError> {
-        let body = SignParts { part_numbers: part_numbers.to_vec() };
+    /// Fresh URLs for `part_numbers`; a part given a `content_md5` (base64) gets a URL that only
+    /// accepts bytes with that MD5.
+    pub async fn sign(
+        &self,
+        upload_id: &str,
+        part_numbers: &[u32],
+        content_md5: BTreeMap<u32, String>,
+    ) -> Result<Vec<PartUrl>, ClientError> {
+        let body = SignParts { part_numbers: part_numbers.to_vec(), content_md5 };
         let req = self.authed(self.http.post(self.url(&format!("/uploads/{upload_id}/parts/sign"))).json(&body));
         let signed: SignedParts = self.json("signing part URLs", req).await?;
         Ok(signed.parts)
@@ -125,12 +133,12 @@ impl Api {
         &self,
         upload_id: &str,
         part_number: u32,
-        signed_url: Option<&str>,
+        signed: Option<&PartUrl>,
         size: u64,
         body: reqwest::Body,
     ) -> Result<PartInfo, ClientError> {
-        let req = match signed_url {
-            Some(url) => self.http.put(url),
+        let req = match signed {
+            Some(u) => u.headers.iter().fold(self.http.put(&u.url), |req, (k, v)| req.header(k, v)),
             None => self.authed(self.http.put(self.url(&format!("/uploads/{upload_id}/parts/{part_number}")))),
         };
         let req = req.header(header::CONTENT_LENGTH, size).body(body);

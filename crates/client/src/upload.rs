@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use ferry_core::api::{Complete, CompletePart, CreateUpload, PartInfo, PartUrl, UploadState};
 use ferry_core::plan::{PartPlan, PartSpan};
 use ferry_core::resume::{FileIdentity, JOURNAL_VERSION, ResumeDecision, UploadJournal, decide, reconcile};
 use ferry_core::schedule::{Action, Failure, RetryPolicy, Scheduler};
 use futures_util::StreamExt as _;
+use md5::Digest as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -132,6 +134,8 @@ where
 struct Session {
     upload_id: String,
     plan: PartPlan,
+    /// `Some("md5")`: parts go straight to a store that checks each part's `Content-MD5`.
+    part_checksum: Option<String>,
     done: BTreeMap<u32, PartInfo>,
     urls: HashMap<u32, PartUrl>,
     journal: UploadJournal,
@@ -174,7 +178,12 @@ async fn run(
         elapsed_s: started.elapsed().as_secs_f64(),
         fallback: engine.use_proxy,
     };
-    events.emit(Event::Completed { file: label.to_owned(), key: info.key, size: info.size, sha256: info.sha256 });
+    events.emit(Event::Completed {
+        file: label.to_owned(),
+        key: info.key,
+        size: info.size,
+        sha256: result.sha256.clone(),
+    });
     Ok(result)
 }
 
@@ -208,6 +217,7 @@ async fn resume_or_create(
                             return Ok(Session {
                                 upload_id: journal.upload_id.clone(),
                                 plan,
+                                part_checksum: st.part_checksum,
                                 done: r.done,
                                 urls: HashMap::new(),
                                 journal,
@@ -258,8 +268,18 @@ async fn resume_or_create(
     let (jp, j) = (journal_path.to_path_buf(), journal.clone());
     blocking(journal_path, move || journal::save(&jp, &j)).await?;
     let urls = created.parts.into_iter().map(|p| (p.part_number, p)).collect();
-    Ok(Session { upload_id: created.upload_id, plan, done: BTreeMap::new(), urls, journal })
+    Ok(Session {
+        upload_id: created.upload_id,
+        plan,
+        part_checksum: created.part_checksum,
+        done: BTreeMap::new(),
+        urls,
+        journal,
+    })
 }
+
+/// How often, at most, the journal is rewritten while parts are acknowledged.
+const JOURNAL_EVERY: Duration = Duration::from_millis(500);
 
 /// A part body as a stream of 256 KiB slices of one buffer, counting what the HTTP client takes.
 fn counted_body(bytes: Bytes, tracker: Arc<Tracker>, attempt: Arc<AtomicU64>) -> reqwest::Body {
@@ -380,15 +400,25 @@ impl<'a> Engine<'a> {
                 Action::Start { span, attempt } => self.start(span, attempt).await?,
                 Action::WaitUntil(t) => {
                     self.write_journal_if_due(false).await?;
+                    let wake = self.journal_due().map_or(t, |due| due.min(t));
                     tokio::select! {
                         msg = self.rx.recv() => self.handle(msg).await?,
-                        _ = tokio::time::sleep_until(t.into()) => {}
+                        _ = tokio::time::sleep_until(wake.into()) => {}
                     }
                 }
                 Action::Idle => {
                     self.write_journal_if_due(false).await?;
-                    let msg = self.rx.recv().await;
-                    self.handle(msg).await?;
+                    // Parts finish seconds apart: wake to journal what was acknowledged meanwhile.
+                    match self.journal_due() {
+                        Some(due) => tokio::select! {
+                            msg = self.rx.recv() => self.handle(msg).await?,
+                            _ = tokio::time::sleep_until(due.into()) => {}
+                        },
+                        None => {
+                            let msg = self.rx.recv().await;
+                            self.handle(msg).await?;
+                        }
+                    }
                 }
                 Action::Complete => {
                     self.write_journal_if_due(true).await?;
@@ -431,7 +461,17 @@ impl<'a> Engine<'a> {
         } else {
             blocking(self.path(), move || file::read_at(&file, span.offset, span.size)).await?
         };
-        let url = if self.use_proxy { None } else { Some(self.url_for(span.part_number).await?) };
+        let direct = !self.use_proxy;
+        let (bytes, md5) = if direct && self.session.part_checksum.as_deref() == Some("md5") {
+            blocking(self.path(), move || {
+                let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&bytes));
+                Ok((bytes, Some(md5)))
+            })
+            .await?
+        } else {
+            (bytes, None)
+        };
+        let url = if direct { Some(self.url_for(span.part_number, md5).await?) } else { None };
         let api = Arc::clone(self.api);
         let tx = self.tx.clone();
         let tracker = Arc::clone(&self.tracker);
@@ -442,33 +482,42 @@ impl<'a> Engine<'a> {
             let _permit = permit;
             let counted = Arc::new(AtomicU64::new(0));
             let body = counted_body(Bytes::from(bytes), Arc::clone(&tracker), Arc::clone(&counted));
-            let (stage, result) = match api.put_part(&upload_id, n, url.as_deref(), span.size, body).await {
+            let (stage, result) = match api.put_part(&upload_id, n, url.as_ref(), span.size, body).await {
                 Ok(part) => (Stage::Confirm, confirm(&api, &upload_id, part).await),
                 Err(e) => (Stage::Put, Err(e)),
             };
             tracker.attempt_ended(counted.load(Ordering::Relaxed), result.as_ref().ok().map(|p| p.size));
-            let _ = tx.send(Attempt { part_number: n, url, stage, result });
+            let _ = tx.send(Attempt { part_number: n, url: url.map(|u| u.url), stage, result });
         });
         Ok(())
     }
 
-    /// A usable signed URL for part `n`, renewing it (and the next ones) when missing or expiring.
-    async fn url_for(&mut self, n: u32) -> Result<String, ClientError> {
+    /// A usable signed URL for part `n`, renewing it when missing or expiring. Without an MD5 the
+    /// next parts are signed with it; a URL bound to an MD5 is signed alone, once its bytes are read.
+    async fn url_for(&mut self, n: u32, md5: Option<String>) -> Result<PartUrl, ClientError> {
         let soon = time::OffsetDateTime::now_utc() + Duration::from_secs(1);
-        if let Some(u) = self.session.urls.get(&n).filter(|u| u.expires_at > soon) {
-            return Ok(u.url.clone());
+        if let Some(u) = self
+            .session
+            .urls
+            .get(&n)
+            .filter(|u| u.expires_at > soon && u.headers.get("content-md5").map(String::as_str) == md5.as_deref())
+        {
+            return Ok(u.clone());
         }
-        let batch: Vec<u32> =
-            (n..=self.session.plan.part_count()).filter(|k| !self.sched.is_done(*k)).take(256).collect();
+        let batch: Vec<u32> = match md5 {
+            Some(_) => vec![n],
+            None => (n..=self.session.plan.part_count()).filter(|k| !self.sched.is_done(*k)).take(256).collect(),
+        };
+        let md5s: BTreeMap<u32, String> = md5.into_iter().map(|m| (n, m)).collect();
         let (api, id) = (self.api, &self.session.upload_id);
-        let signed = with_retries(&self.opts.retry, || api.sign(id, &batch)).await?;
+        let signed = with_retries(&self.opts.retry, || api.sign(id, &batch, md5s.clone())).await?;
         for u in signed {
             self.session.urls.insert(u.part_number, u);
         }
         self.session
             .urls
             .get(&n)
-            .map(|u| u.url.clone())
+            .cloned()
             .ok_or_else(|| ClientError::Protocol(format!("the server did not sign part {n}")))
     }
 
@@ -533,9 +582,14 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// When the journal, changed since it was written, may be written next.
+    fn journal_due(&self) -> Option<Instant> {
+        self.journal_dirty.then(|| self.journal_written + JOURNAL_EVERY)
+    }
+
     /// Rewrites the journal at most twice a second, or now when `force`.
     async fn write_journal_if_due(&mut self, force: bool) -> Result<(), ClientError> {
-        if !self.journal_dirty || (!force && self.journal_written.elapsed() < Duration::from_millis(500)) {
+        if !self.journal_dirty || (!force && self.journal_written.elapsed() < JOURNAL_EVERY) {
             return Ok(());
         }
         let (jp, j) = (self.journal_path.clone(), self.session.journal.clone());
@@ -582,11 +636,15 @@ impl<'a> Engine<'a> {
             }
             Err(e) => return Err(e),
         };
-        if info.sha256 != sha256 {
-            return Err(ClientError::Integrity(format!(
-                "{}: the server stored SHA-256 {} but the file's is {sha256}",
-                self.label, info.sha256
-            )));
+        match info.sha256.as_deref() {
+            Some(stored) if stored == sha256 => {}
+            Some(stored) => {
+                return Err(ClientError::Integrity(format!(
+                    "{}: the server stored SHA-256 {stored} but the file's is {sha256}",
+                    self.label
+                )));
+            }
+            None => return Err(ClientError::Protocol("the server did not report the stored SHA-256".to_owned())),
         }
         journal::remove(&self.journal_path);
         Ok((sha256, info))

@@ -76,7 +76,12 @@ impl From<StoreError> for ApiError {
             StoreError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", "the server's disk is full")
             }
+            StoreError::ReservedKey(_) => ApiError::bad_request("invalid_name", msg),
             StoreError::Corrupt(_) | StoreError::Io(_) => ApiError::internal(msg),
+            StoreError::Remote { status: 503, .. } | StoreError::Unreachable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", msg)
+            }
+            StoreError::Remote { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "store_error", msg),
         }
     }
 }

@@ -68,10 +68,28 @@ impl Server {
         } else {
             config.tokens.clone()
         };
+        Ok(Server::assemble(config, store, secret, tokens))
+    }
+
+    /// A server over a store other servers share (S3): its secret and generated token are kept in
+    /// the store, so any of them can serve any request. Nothing is kept on local disk.
+    pub async fn shared(config: ServerConfig, store: Arc<dyn Store>) -> Result<Server, ferry_store::StoreError> {
+        let secret = secrets::load_or_create_shared(store.as_ref(), "secret", 32).await?;
+        let secret = hex::decode(&secret)
+            .map_err(|e| ferry_store::StoreError::Corrupt(format!("the shared URL-signing secret: {e}")))?;
+        let tokens = if config.tokens.is_empty() {
+            vec![secrets::load_or_create_shared(store.as_ref(), "token", 24).await?]
+        } else {
+            config.tokens.clone()
+        };
+        Ok(Server::assemble(config, store, secret, tokens))
+    }
+
+    fn assemble(config: ServerConfig, store: Arc<dyn Store>, secret: Vec<u8>, tokens: Vec<String>) -> Server {
         let metrics = metrics::Metrics::new();
         let sessions = sessions::Sessions::new(store, config.clone(), metrics.clone());
         let state = AppState { config, tokens, signer: Signer::new(secret), sessions, metrics };
-        Ok(Server { state: Arc::new(state) })
+        Server { state: Arc::new(state) }
     }
 
     /// The bearer tokens this server accepts.

@@ -1,6 +1,8 @@
-//! The server's own secrets, kept in the data dir: the key that signs URLs and, when no token is
-//! configured, the generated bearer token. Both are created once, atomically, readable only by
-//! their owner.
+//! The server's own secrets: the key that signs URLs and, when no token is configured, the
+//! generated bearer token. With the embedded store they are files in the data dir, readable only
+//! by their owner; with a shared store they are records in it, so every server sharing the store
+//! signs and accepts the same. Either way each is created once, and two servers starting at once
+//! agree on one value.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -55,4 +57,28 @@ pub fn load_or_create_secret(dir: &Path) -> io::Result<Vec<u8>> {
 /// The generated bearer token, and whether it was created now.
 pub fn load_or_create_token(dir: &Path) -> io::Result<(String, bool)> {
     load_or_create(dir, "token", || random_hex(24))
+}
+
+/// Reads the record `server/{name}` from a shared store, or creates it with a random value of
+/// `bytes` bytes (hex) if absent.
+pub async fn load_or_create_shared(
+    store: &dyn ferry_store::Store,
+    name: &str,
+    bytes: usize,
+) -> Result<String, ferry_store::StoreError> {
+    let record = format!("server/{name}");
+    loop {
+        if let Some(r) = store.get_record(&record).await? {
+            return String::from_utf8(r.bytes)
+                .map(|s| s.trim().to_owned())
+                .map_err(|_| ferry_store::StoreError::Corrupt(format!("record {record} is not text")));
+        }
+        let value = random_hex(bytes)?;
+        match store.put_record(&record, value.clone().into_bytes(), ferry_store::Condition::IfAbsent).await {
+            Ok(_) => return Ok(value),
+            // Another server created it first: use that one.
+            Err(ferry_store::StoreError::ConditionFailed) => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -2,6 +2,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod proxy;
+#[path = "../../../store/tests/support/s3_servers.rs"]
+pub mod s3;
 
 use tokio::io::AsyncBufReadExt;
 
@@ -29,6 +31,8 @@ fn spawn(data_dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
         .arg(data_dir)
         .args(extra)
         .env("FERRY_LOG", "warn")
+        .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -50,6 +54,14 @@ impl TestServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, url) = spawn(dir.path(), "127.0.0.1:0", &extra);
         TestServer { child, url, dir, extra, http: reqwest::Client::new() }
+    }
+
+    /// A server keeping everything in `bucket_prefix` of a real S3-compatible server at `endpoint`.
+    pub fn start_s3(endpoint: &str, prefix: &str, extra: &[&str]) -> TestServer {
+        let store = format!("s3://{}/{prefix}", s3::BUCKET);
+        let mut args = vec!["--store", store.as_str(), "--s3-endpoint", endpoint, "--s3-path-style"];
+        args.extend_from_slice(extra);
+        TestServer::start(&args)
     }
 
     pub fn data_dir(&self) -> PathBuf {

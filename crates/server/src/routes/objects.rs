@@ -115,7 +115,7 @@ async fn serve_object(st: &AppState, key: &str, head: bool, headers: &HeaderMap)
             h.insert(name, v);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&info.sha256) {
+    if let Some(v) = info.sha256.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
         h.insert("x-ferry-sha256", v);
     }
     Ok(res)

@@ -60,7 +60,7 @@ async fn sign(
     Path(id): Path<String>,
     Json(req): Json<SignParts>,
 ) -> Result<Response, ApiError> {
-    let parts = st.sessions.sign(&st.signer, &id, &req.part_numbers).await?;
+    let parts = st.sessions.sign(&st.signer, &id, &req.part_numbers, &req.content_md5).await?;
     Ok(json(StatusCode::OK, &SignedParts { parts }))
 }
 
