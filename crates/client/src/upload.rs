@@ -461,27 +461,35 @@ impl<'a> Engine<'a> {
         } else {
             blocking(self.path(), move || file::read_at(&file, span.offset, span.size)).await?
         };
-        let direct = !self.use_proxy;
-        let (bytes, md5) = if direct && self.session.part_checksum.as_deref() == Some("md5") {
-            blocking(self.path(), move || {
-                let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&bytes));
-                Ok((bytes, Some(md5)))
-            })
-            .await?
-        } else {
-            (bytes, None)
-        };
-        let url = if direct { Some(self.url_for(span.part_number, md5).await?) } else { None };
+        // A store that checks each part's MD5 needs a URL signed with it: the part's task hashes
+        // and signs, so neither the digest nor the extra round trip holds up the next part.
+        let md5_signed = !self.use_proxy && self.session.part_checksum.as_deref() == Some("md5");
+        let url = if self.use_proxy || md5_signed { None } else { Some(self.url_for(span.part_number).await?) };
         let api = Arc::clone(self.api);
         let tx = self.tx.clone();
         let tracker = Arc::clone(&self.tracker);
         let upload_id = self.session.upload_id.clone();
+        let retry = self.opts.retry;
+        let label = self.label.to_owned();
         let n = span.part_number;
-        tracing::debug!(part = n, attempt, proxy = url.is_none(), "sending part");
+        tracing::debug!(part = n, attempt, proxy = self.use_proxy, "sending part");
         self.tasks.spawn(async move {
             let _permit = permit;
+            let bytes = Bytes::from(bytes);
+            let url = match url {
+                Some(u) => Ok(Some(u)),
+                None if md5_signed => sign_with_md5(&api, &upload_id, n, bytes.clone(), &retry, &label).await.map(Some),
+                None => Ok(None),
+            };
+            let url = match url {
+                Ok(u) => u,
+                Err(e) => {
+                    let _ = tx.send(Attempt { part_number: n, url: None, stage: Stage::Put, result: Err(e) });
+                    return;
+                }
+            };
             let counted = Arc::new(AtomicU64::new(0));
-            let body = counted_body(Bytes::from(bytes), Arc::clone(&tracker), Arc::clone(&counted));
+            let body = counted_body(bytes, Arc::clone(&tracker), Arc::clone(&counted));
             let (stage, result) = match api.put_part(&upload_id, n, url.as_ref(), span.size, body).await {
                 Ok(part) => (Stage::Confirm, confirm(&api, &upload_id, part).await),
                 Err(e) => (Stage::Put, Err(e)),
@@ -492,25 +500,19 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// A usable signed URL for part `n`, renewing it when missing or expiring. Without an MD5 the
-    /// next parts are signed with it; a URL bound to an MD5 is signed alone, once its bytes are read.
-    async fn url_for(&mut self, n: u32, md5: Option<String>) -> Result<PartUrl, ClientError> {
+    /// A usable signed URL for part `n`, renewing it (and the next parts' with it) when missing or
+    /// expiring.
+    async fn url_for(&mut self, n: u32) -> Result<PartUrl, ClientError> {
         let soon = time::OffsetDateTime::now_utc() + Duration::from_secs(1);
-        if let Some(u) = self
-            .session
-            .urls
-            .get(&n)
-            .filter(|u| u.expires_at > soon && u.headers.get("content-md5").map(String::as_str) == md5.as_deref())
+        if let Some(u) =
+            self.session.urls.get(&n).filter(|u| u.expires_at > soon && !u.headers.contains_key("content-md5"))
         {
             return Ok(u.clone());
         }
-        let batch: Vec<u32> = match md5 {
-            Some(_) => vec![n],
-            None => (n..=self.session.plan.part_count()).filter(|k| !self.sched.is_done(*k)).take(256).collect(),
-        };
-        let md5s: BTreeMap<u32, String> = md5.into_iter().map(|m| (n, m)).collect();
+        let batch: Vec<u32> =
+            (n..=self.session.plan.part_count()).filter(|k| !self.sched.is_done(*k)).take(256).collect();
         let (api, id) = (self.api, &self.session.upload_id);
-        let signed = with_retries(&self.opts.retry, || api.sign(id, &batch, md5s.clone())).await?;
+        let signed = with_retries(&self.opts.retry, || api.sign(id, &batch, BTreeMap::new())).await?;
         for u in signed {
             self.session.urls.insert(u.part_number, u);
         }
@@ -656,4 +658,25 @@ async fn confirm(api: &Api, upload_id: &str, part: PartInfo) -> Result<PartInfo,
     let policy = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(200), ..RetryPolicy::default() };
     with_retries(&policy, || api.part_done(upload_id, &part)).await?;
     Ok(part)
+}
+
+/// A URL for part `n` bound to the MD5 of `bytes`, so the store refuses any other body.
+async fn sign_with_md5(
+    api: &Api,
+    upload_id: &str,
+    n: u32,
+    bytes: Bytes,
+    retry: &RetryPolicy,
+    label: &str,
+) -> Result<PartUrl, ClientError> {
+    let md5 = blocking(Path::new(label), move || {
+        Ok(base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&bytes)))
+    })
+    .await?;
+    let (numbers, md5s) = ([n], BTreeMap::from([(n, md5)]));
+    let signed = with_retries(retry, || api.sign(upload_id, &numbers, md5s.clone())).await?;
+    signed
+        .into_iter()
+        .find(|u| u.part_number == n)
+        .ok_or_else(|| ClientError::Protocol(format!("the server did not sign part {n}")))
 }
