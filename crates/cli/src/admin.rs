@@ -36,6 +36,25 @@ pub struct CancelArgs {
     server: ServerArgs,
 }
 
+#[derive(Args)]
+pub struct ReprocessArgs {
+    /// Upload id.
+    id: String,
+    /// Part number.
+    part: u32,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+pub async fn reprocess(args: ReprocessArgs) -> anyhow::Result<()> {
+    args.server.api()?.reprocess(&args.id, args.part).await?;
+    crate::output::line(&format!(
+        "part {} of {} queued for processing; `ferry watch {}` shows the result",
+        args.part, args.id, args.id
+    ));
+    Ok(())
+}
+
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
@@ -61,6 +80,25 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     crate::output::line(&format!("expires  {}", rfc3339(st.expires_at)));
     if let Some(r) = st.result {
         crate::output::line(&format!("sha256   {}", r.sha256.as_deref().unwrap_or("unknown")));
+    }
+    if let Some(p) = st.processing {
+        let final_state = match &p.final_result {
+            Some(f) if f.status == ferry_core::events::FinalStatus::Completed => "final result in",
+            Some(_) => "final result: failed",
+            None => "no final result yet",
+        };
+        crate::output::line(&format!(
+            "process  {}: {} parts processed, {} failed; {final_state}",
+            p.processor, p.parts_processed, p.parts_failed
+        ));
+    }
+    if let Some(w) = st.webhook {
+        for d in &w.deliveries {
+            crate::output::line(&format!(
+                "webhook  {} -> {}: {:?} after {} attempt(s)",
+                d.kind, w.url, d.state, d.attempts
+            ));
+        }
     }
     Ok(())
 }

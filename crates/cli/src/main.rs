@@ -8,6 +8,7 @@ mod output;
 mod progress;
 mod put;
 mod serve;
+mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -21,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: control-plane API, signed part URLs and the embedded store.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Upload files: parallel parts, retries, resumes after a crash of either side.
     Put(put::PutArgs),
     /// Download an object: parallel ranges, resumable, SHA-256 verified.
@@ -32,6 +33,10 @@ enum Command {
     Ls(admin::LsArgs),
     /// Cancel an upload session and delete its parts.
     Cancel(admin::CancelArgs),
+    /// Follow an upload's events (parts received, processing results) until its final one.
+    Watch(watch::WatchArgs),
+    /// Run an upload's part processor on one part again.
+    Reprocess(admin::ReprocessArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,12 +57,14 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Put(args) => put::run(args).await,
             Command::Get(args) => get::run(args).await,
             Command::Status(args) => admin::status(args).await,
             Command::Ls(args) => admin::ls(args).await,
             Command::Cancel(args) => admin::cancel(args).await,
+            Command::Watch(args) => watch::run(args).await,
+            Command::Reprocess(args) => admin::reprocess(args).await,
         }
     });
     match result {

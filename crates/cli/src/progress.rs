@@ -98,6 +98,11 @@ pub async fn render(mut rx: UnboundedReceiver<Event>, out: OutputArgs) {
                 tracing::debug!(%file, %error, "failed");
             }
             Event::PartDone { .. } => {}
+            Event::Server { file, event } => {
+                if let Some(line) = crate::watch::describe(&event, true) {
+                    note(&multi, format!("{}: {line}", short(&file)));
+                }
+            }
         }
     }
     if let Some(t) = total {

@@ -1,5 +1,6 @@
 //! `ferry put`: upload files, resumably.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -40,6 +41,20 @@ pub struct PutArgs {
     #[arg(long)]
     content_type: Option<String>,
 
+    /// Have the server process the upload with this processor (its name; `ferry serve` lists
+    /// what it runs with --part-processor and --complete-processor).
+    #[arg(long)]
+    processor: Option<String>,
+
+    /// Print processing results as they stream in, and wait for the final one.
+    #[arg(long)]
+    follow: bool,
+
+    /// Have the server POST the upload's outcome (completed, final result, cancelled, …) here,
+    /// signed with its --webhook-secret.
+    #[arg(long)]
+    webhook_url: Option<String>,
+
     #[command(flatten)]
     server: ServerArgs,
 
@@ -61,9 +76,30 @@ pub async fn run(args: PutArgs) -> anyhow::Result<()> {
     opts.concurrency = args.concurrency;
     opts.retry = RetryPolicy { max_attempts: args.retries, ..RetryPolicy::default() };
     opts.content_type = args.content_type.clone();
+    opts.processor = args.processor.clone();
+    opts.webhook_url = args.webhook_url.clone();
     let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
-    let (sink, rx) = events::channel();
+    let (render_sink, rx) = events::channel();
     let renderer = tokio::spawn(crate::progress::render(rx, args.output));
+    // With --follow, each upload's server events are watched from the moment it has an id.
+    let (sink, mut upload_events) = events::channel();
+    let follow = args.follow;
+    let forwarder = {
+        let (api, render_sink) = (Arc::clone(&api), render_sink.clone());
+        tokio::spawn(async move {
+            let mut watchers = HashMap::new();
+            while let Some(e) = upload_events.recv().await {
+                if let (true, events::Event::Started { file, upload_id: Some(id), .. }) = (follow, &e)
+                    && !watchers.contains_key(file)
+                {
+                    let watcher = crate::watch::follow(Arc::clone(&api), id.clone(), file.clone(), render_sink.clone());
+                    watchers.insert(file.clone(), tokio::spawn(watcher));
+                }
+                render_sink.emit(e);
+            }
+            watchers
+        })
+    };
     let uploads = futures_util::stream::iter(args.files.clone())
         .map(|file| {
             let (api, opts, sink, permits) = (Arc::clone(&api), opts.clone(), sink.clone(), Arc::clone(&permits));
@@ -73,6 +109,17 @@ pub async fn run(args: PutArgs) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .await;
     drop(sink);
+    let mut watchers = forwarder.await.unwrap_or_default();
+    let mut processing_failed = 0;
+    for (file, result) in &uploads {
+        let Some(w) = watchers.remove(&file.display().to_string()) else { continue };
+        if result.is_err() {
+            w.abort();
+        } else if !matches!(w.await, Ok(Ok(true))) {
+            processing_failed += 1;
+        }
+    }
+    drop(render_sink);
     let _ = renderer.await;
     let mut failed = 0;
     let mut resumable = false;
@@ -111,6 +158,9 @@ pub async fn run(args: PutArgs) -> anyhow::Result<()> {
     if failed > 0 {
         let hint = if resumable { "; run the same command again to resume" } else { "" };
         bail!("{failed} of {} uploads failed{hint}", args.files.len());
+    }
+    if processing_failed > 0 {
+        bail!("processing failed for {processing_failed} of {} uploads (see `ferry status ID`)", args.files.len());
     }
     Ok(())
 }

@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, bail};
 use clap::Args;
+use ferry_core::events::ProcessorKind;
+use ferry_server::processing::{ProcessorSpec, parse_processor};
 use ferry_server::{Server, ServerConfig};
 use ferry_store::{S3Config, S3Credentials, S3Store};
 
@@ -74,6 +78,101 @@ pub struct ServeArgs {
     /// A part body that sends nothing for this long is abandoned.
     #[arg(long, env = "FERRY_BODY_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     body_idle_timeout: Duration,
+
+    /// A per-part processor clients may name at create: NAME=COMMAND (repeatable). It runs as soon
+    /// as each part is stored, with the part's bytes on stdin and FERRY_PART_NUMBER,
+    /// FERRY_PART_OFFSET, FERRY_PART_SIZE, FERRY_PART_COUNT, FERRY_UPLOAD_ID, FERRY_KEY in its
+    /// environment; its stdout is the part's result. COMMAND is split into words and run without a
+    /// shell (write `sh -c '…'` for one).
+    #[arg(long = "part-processor", value_name = "NAME=COMMAND")]
+    part_processors: Vec<String>,
+
+    /// A processor for the assembled object: NAME=COMMAND (repeatable). It runs once the upload
+    /// completes, with the object on stdin and at FERRY_OBJECT_PATH (a temporary copy), and
+    /// FERRY_SHA256, FERRY_SIZE, FERRY_KEY, FERRY_UPLOAD_ID set; its stdout is the final result.
+    #[arg(long = "complete-processor", value_name = "NAME=COMMAND")]
+    complete_processors: Vec<String>,
+
+    /// A TOML file with more processors: a table per name under [processors], with
+    /// `on = "part"` or `"complete"`, `command = "…"` and an optional `timeout = "10m"`.
+    #[arg(long, env = "FERRY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Processor runs at once, across all uploads.
+    #[arg(long, env = "FERRY_PROCESSING_CONCURRENCY", default_value = "3")]
+    processing_concurrency: usize,
+
+    /// A processor run taking longer is killed, with everything it started.
+    #[arg(long, env = "FERRY_PROCESSING_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    processing_timeout: Duration,
+
+    /// An event stream (GET /v1/uploads/ID/events) with nothing to send for this long is closed.
+    #[arg(long, env = "FERRY_EVENTS_IDLE_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    events_idle_timeout: Duration,
+
+    /// Signs webhook deliveries (HMAC-SHA256); without it, uploads cannot ask for a webhook.
+    #[arg(long, env = "FERRY_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+
+    /// How long an undelivered webhook is retried, with exponential backoff.
+    #[arg(long, env = "FERRY_WEBHOOK_RETRY_FOR", default_value = "1h", value_parser = humantime::parse_duration)]
+    webhook_retry_for: Duration,
+
+    /// Hosts webhooks may be sent to (repeatable; `.example.com` admits its subdomains). Default:
+    /// any host, except link-local addresses such as cloud metadata services.
+    #[arg(long = "webhook-allow-host", env = "FERRY_WEBHOOK_ALLOW_HOSTS", value_delimiter = ',')]
+    webhook_allow_hosts: Vec<String>,
+}
+
+/// `--config`: processors, by name.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    processors: BTreeMap<String, ProcessorEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessorEntry {
+    on: ProcessorKind,
+    command: String,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// Every processor from the flags and the config file; a name given twice is an error.
+fn processors(args: &ServeArgs) -> anyhow::Result<BTreeMap<String, ProcessorSpec>> {
+    let mut all = BTreeMap::new();
+    let mut add = |name: String, spec: ProcessorSpec| {
+        if all.insert(name.clone(), spec).is_some() {
+            bail!("the processor {name:?} is configured twice");
+        }
+        Ok(())
+    };
+    for (kind, list) in
+        [(ProcessorKind::Part, &args.part_processors), (ProcessorKind::Complete, &args.complete_processors)]
+    {
+        for arg in list {
+            let (name, spec) = parse_processor(arg, kind).map_err(anyhow::Error::msg)?;
+            add(name, spec)?;
+        }
+    }
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file: ConfigFile =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))?;
+        for (name, entry) in file.processors {
+            let timeout = entry
+                .timeout
+                .map(|t| humantime::parse_duration(&t).with_context(|| format!("processor {name}: timeout {t:?}")))
+                .transpose()?;
+            let spec = ProcessorSpec::new(&name, &entry.command, entry.on, timeout)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            add(name, spec)?;
+        }
+    }
+    Ok(all)
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -115,6 +214,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .sweep_interval
         .unwrap_or_else(|| (args.session_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)));
     if config.sweep_interval.is_zero() || config.url_ttl.is_zero() || config.session_ttl.is_zero() {
+        bail!("durations must be longer than zero");
+    }
+    config.processors = processors(&args)?;
+    if args.processing_concurrency == 0 {
+        bail!("--processing-concurrency must be at least 1");
+    }
+    config.processing_concurrency = args.processing_concurrency;
+    config.processing_timeout = args.processing_timeout;
+    config.events_idle_timeout = args.events_idle_timeout;
+    if args.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        bail!("--webhook-secret must be at least 16 characters");
+    }
+    config.webhooks.secret = args.webhook_secret.clone();
+    config.webhooks.retry_for = args.webhook_retry_for;
+    config.webhooks.allow_hosts =
+        args.webhook_allow_hosts.iter().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect();
+    if config.processing_timeout.is_zero() || config.events_idle_timeout.is_zero() {
         bail!("durations must be longer than zero");
     }
     let (server, data, token_place) = match &args.store {

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_core::api::{
-    Complete, CreateUpload, CreatedUpload, ErrorBody, ObjectInfo, PartDone, PartInfo, PartUrl, SignParts, SignedParts,
-    UploadList, UploadStatus, UploadSummary,
+    Complete, CreateUpload, CreatedUpload, ErrorBody, ObjectInfo, PartDone, PartInfo, PartUrl, Reprocessing, SignParts,
+    SignedParts, UploadList, UploadStatus, UploadSummary,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{RequestBuilder, Response, StatusCode, header};
@@ -110,6 +110,23 @@ impl Api {
         }
         let list: UploadList = self.json("listing uploads", self.authed(req)).await?;
         Ok(list.uploads)
+    }
+
+    /// Opens the upload's event stream after event `after`.
+    pub async fn events(&self, upload_id: &str, after: u64) -> Result<Response, ClientError> {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/uploads/{upload_id}/events")))
+            .header(header::ACCEPT, "text/event-stream");
+        if after > 0 {
+            req = req.header("last-event-id", after.to_string());
+        }
+        self.send("opening the event stream", self.authed(req)).await
+    }
+
+    pub async fn reprocess(&self, upload_id: &str, part_number: u32) -> Result<Reprocessing, ClientError> {
+        let url = self.url(&format!("/uploads/{upload_id}/parts/{part_number}/reprocess"));
+        self.json("asking for reprocessing", self.authed(self.http.post(url))).await
     }
 
     pub async fn cancel(&self, upload_id: &str) -> Result<UploadStatus, ClientError> {

@@ -66,6 +66,11 @@ pub enum Event {
         file: String,
         error: String,
     },
+    /// An event from the server's stream of the upload (`ferry put --follow`).
+    Server {
+        file: String,
+        event: ferry_core::events::EventRecord,
+    },
 }
 
 /// The sending side; dropping every receiver silently discards events.

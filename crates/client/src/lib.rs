@@ -30,9 +30,11 @@ mod file;
 pub mod journal;
 mod progress;
 mod upload;
+mod watch;
 
 pub use api::Api;
 pub use download::{DownloadOptions, DownloadResult, download};
 pub use error::ClientError;
 pub use events::Event;
 pub use upload::{UploadOptions, UploadResult, upload};
+pub use watch::watch;

@@ -40,6 +40,10 @@ pub struct UploadOptions {
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub content_type: Option<String>,
+    /// A processor configured on the server, by name.
+    pub processor: Option<String>,
+    /// Where the server POSTs the upload's terminal events.
+    pub webhook_url: Option<String>,
     /// Where resume journals are kept.
     pub state_dir: PathBuf,
 }
@@ -52,6 +56,8 @@ impl UploadOptions {
             concurrency: 8,
             retry: RetryPolicy::default(),
             content_type: None,
+            processor: None,
+            webhook_url: None,
             state_dir,
         }
     }
@@ -249,8 +255,8 @@ async fn resume_or_create(
         sha256: None,
         content_type: opts.content_type.clone(),
         metadata: BTreeMap::new(),
-        processor: None,
-        webhook_url: None,
+        processor: opts.processor.clone(),
+        webhook_url: opts.webhook_url.clone(),
     };
     let created = with_retries(&opts.retry, || api.create(&req)).await?;
     let plan = PartPlan::from_parts(created.size, created.part_size, created.part_count)

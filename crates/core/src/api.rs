@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::events::{FinalResult, PartOutcome, ProcessorKind};
+
 /// The phases of an upload session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -172,6 +174,77 @@ pub struct UploadStatus {
     pub expires_at: OffsetDateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ObjectInfo>,
+    /// Present when the upload named a processor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing: Option<ProcessingStatus>,
+    /// Present when the upload gave a `webhook_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStatus>,
+}
+
+/// What processing has produced so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessingStatus {
+    pub processor: String,
+    pub kind: ProcessorKind,
+    pub parts_processed: u32,
+    pub parts_failed: u32,
+    /// Each processed part's outcome, in part order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_result: Option<FinalResult>,
+}
+
+/// An upload's webhook deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookStatus {
+    pub url: String,
+    pub deliveries: Vec<WebhookDelivery>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+/// One event's delivery to the webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    /// The event's id in the upload's log.
+    pub event_id: u64,
+    /// The event's type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    /// The latest attempts, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<WebhookAttempt>,
+    /// Retried until then.
+    #[serde(with = "time::serde::rfc3339")]
+    pub give_up_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookAttempt {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The receiver's HTTP status, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Answer to `POST /v1/uploads/{id}/parts/{n}/reprocess` (202).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reprocessing {
+    pub part_number: u32,
+    pub queued: bool,
 }
 
 /// One entry of `GET /v1/uploads`.

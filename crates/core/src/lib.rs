@@ -3,13 +3,14 @@
 //! The logic of ferry that does not touch the world: how a file is cut into parts within a
 //! backend's limits ([`plan`]), which object keys are acceptable ([`key`]), how an HTTP `Range`
 //! header is read ([`range`]), how part and object URLs are signed and checked ([`sign`]), and the
-//! JSON shapes of the control-plane API ([`api`]).
+//! JSON shapes of the control-plane API ([`api`]) and its event stream ([`events`]).
 //!
 //! This crate must not do I/O, spawn tasks or read the clock: time is always an argument. That is
 //! what lets every rule here be tested exhaustively and fuzzed, and lets the server, the client and
 //! the store share one definition of each rule.
 
 pub mod api;
+pub mod events;
 pub mod key;
 pub mod plan;
 pub mod range;

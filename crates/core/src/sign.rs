@@ -110,6 +110,20 @@ impl Signer {
     }
 }
 
+/// The signature of a webhook delivery: `v1=` and the hex HMAC-SHA256 under `secret` of
+/// `"{timestamp}.{body}"`, sent in `Ferry-Webhook-Signature` with the timestamp (Unix seconds) in
+/// `Ferry-Webhook-Timestamp`. A receiver recomputes it and compares in constant time.
+pub fn webhook_signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let mut mac = match HmacSha256::new_from_slice(secret) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    };
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +177,15 @@ mod tests {
             assert_eq!(s.verify("PUT", PART, 1000, bad, 0), Err(SignError::Malformed), "{bad:?}");
         }
         assert_eq!(s.verify("PUT", PART, 1000, &"0".repeat(64), 0), Err(SignError::Invalid));
+    }
+
+    #[test]
+    fn webhook_signature_covers_timestamp_and_body() {
+        let s = webhook_signature(b"secret", 1_700_000_000, b"{}");
+        assert!(s.starts_with("v1=") && s.len() == 3 + 64);
+        assert_ne!(s, webhook_signature(b"secret", 1_700_000_001, b"{}"));
+        assert_ne!(s, webhook_signature(b"secret", 1_700_000_000, b"{ }"));
+        assert_ne!(s, webhook_signature(b"other", 1_700_000_000, b"{}"));
+        assert_eq!(s, webhook_signature(b"secret", 1_700_000_000, b"{}"));
     }
 }

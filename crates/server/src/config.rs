@@ -1,7 +1,11 @@
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_core::plan::TIB;
+
+use crate::processing::ProcessorSpec;
+use crate::webhooks::WebhookConfig;
 
 /// Everything `ferry serve` can be told. [`ServerConfig::new`] gives the embedded defaults.
 #[derive(Debug, Clone)]
@@ -25,6 +29,17 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// Requests handled at once; more are answered 503 with `Retry-After` instead of queuing.
     pub max_requests: usize,
+    /// Processors clients may name at create, by name.
+    pub processors: BTreeMap<String, ProcessorSpec>,
+    /// Processor runs at once, across all uploads.
+    pub processing_concurrency: usize,
+    /// A processor run taking longer is killed (a processor's own timeout overrides it).
+    pub processing_timeout: Duration,
+    /// An event stream with nothing to send for this long is closed.
+    pub events_idle_timeout: Duration,
+    /// How often an idle event stream sends a keep-alive comment.
+    pub events_keepalive: Duration,
+    pub webhooks: WebhookConfig,
 }
 
 impl ServerConfig {
@@ -40,6 +55,12 @@ impl ServerConfig {
             body_idle_timeout: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(60),
             max_requests: 1024,
+            processors: BTreeMap::new(),
+            processing_concurrency: 3,
+            processing_timeout: Duration::from_secs(3600),
+            events_idle_timeout: Duration::from_secs(30 * 60),
+            events_keepalive: Duration::from_secs(15),
+            webhooks: WebhookConfig::default(),
         }
     }
 }

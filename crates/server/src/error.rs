@@ -77,7 +77,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", "the server's disk is full")
             }
             StoreError::ReservedKey(_) => ApiError::bad_request("invalid_name", msg),
-            StoreError::Corrupt(_) | StoreError::Io(_) => ApiError::internal(msg),
+            StoreError::Corrupt(_) | StoreError::Io(_) | StoreError::Unreadable => ApiError::internal(msg),
             StoreError::Remote { status: 503, .. } | StoreError::Unreachable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", msg)
             }

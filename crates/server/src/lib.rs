@@ -21,11 +21,15 @@
 mod auth;
 mod config;
 mod error;
+mod events;
 mod extract;
 mod metrics;
+mod pipeline;
+pub mod processing;
 mod routes;
 pub mod secrets;
 pub mod sessions;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,8 +45,10 @@ pub(crate) struct AppState {
     pub config: ServerConfig,
     pub tokens: Vec<String>,
     pub signer: Signer,
-    pub sessions: sessions::Sessions,
+    pub sessions: Arc<sessions::Sessions>,
     pub metrics: metrics::Metrics,
+    /// Cancelled when the server starts shutting down, so long-lived responses (event streams) end.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// A server ready to accept connections.
@@ -87,8 +93,15 @@ impl Server {
 
     fn assemble(config: ServerConfig, store: Arc<dyn Store>, secret: Vec<u8>, tokens: Vec<String>) -> Server {
         let metrics = metrics::Metrics::new();
-        let sessions = sessions::Sessions::new(store, config.clone(), metrics.clone());
-        let state = AppState { config, tokens, signer: Signer::new(secret), sessions, metrics };
+        let sessions = Arc::new(sessions::Sessions::new(store, config.clone(), metrics.clone()));
+        let state = AppState {
+            config,
+            tokens,
+            signer: Signer::new(secret),
+            sessions,
+            metrics,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
         Server { state: Arc::new(state) }
     }
 
@@ -106,6 +119,11 @@ impl Server {
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sessions::sweep_forever(Arc::clone(&self.state)));
         let app = routes::router(Arc::clone(&self.state));
+        let streams = self.state.shutdown.clone();
+        let shutdown = async move {
+            shutdown.await;
+            streams.cancel();
+        };
         let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
         result

@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use ferry_core::api::{
-    CompletePart, CreateUpload, CreatedUpload, ObjectInfo, PartInfo, PartUrl, UploadState, UploadStatus, UploadSummary,
-    bare_etag, is_base64_md5, is_sha256_hex,
+    CompletePart, CreateUpload, CreatedUpload, ObjectInfo, PartInfo, PartUrl, ProcessingStatus, UploadState,
+    UploadStatus, UploadSummary, bare_etag, is_base64_md5, is_sha256_hex,
 };
+use ferry_core::events::{ProcessorKind, UploadEvent};
 use ferry_core::key::normalize_key;
 use ferry_core::plan::PartPlan;
 use ferry_core::sign::{Scope, Signer};
@@ -28,7 +29,10 @@ use tokio::sync::{Mutex as AsyncMutex, RwLock};
 use crate::AppState;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::events::{Events, LogSpec};
 use crate::metrics::Metrics;
+use crate::processing::Runner;
+use crate::webhooks::{self, Webhooks};
 
 /// The durable record of one session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +65,13 @@ pub struct Session {
     /// complete it twice at once.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub completing_since: Option<OffsetDateTime>,
+    /// The processor's name and kind, fixed at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor_kind: Option<ProcessorKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 impl Session {
@@ -70,6 +81,15 @@ impl Session {
 
     pub fn meta(&self) -> ObjectMeta {
         ObjectMeta { content_type: self.content_type.clone(), metadata: self.metadata.clone() }
+    }
+
+    pub fn log_spec(&self) -> LogSpec<'_> {
+        LogSpec {
+            upload_id: &self.upload_id,
+            size: self.size,
+            part_count: self.part_count,
+            processor: self.processor_kind,
+        }
     }
 
     pub fn plan(&self) -> Result<PartPlan, ApiError> {
@@ -159,15 +179,21 @@ fn unix(t: OffsetDateTime) -> u64 {
 
 /// The session domain over a store.
 pub struct Sessions {
-    store: Arc<dyn Store>,
-    config: ServerConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: ServerConfig,
     metrics: Metrics,
     locks: Mutex<HashMap<String, Arc<SessionLocks>>>,
+    pub(crate) events: Events,
+    pub(crate) runner: Runner,
+    pub(crate) webhooks: Arc<Webhooks>,
 }
 
 impl Sessions {
     pub fn new(store: Arc<dyn Store>, config: ServerConfig, metrics: Metrics) -> Sessions {
-        Sessions { store, config, metrics, locks: Mutex::new(HashMap::new()) }
+        let events = Events::new(Arc::clone(&store));
+        let runner = Runner::new(config.processing_concurrency, config.processing_timeout);
+        let webhooks = Arc::new(Webhooks::new(Arc::clone(&store), config.webhooks.clone()));
+        Sessions { store, config, metrics, locks: Mutex::new(HashMap::new()), events, runner, webhooks }
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -229,7 +255,7 @@ impl Sessions {
         PartUrl { part_number: span.part_number, offset: span.offset, size: span.size, url, headers, expires_at }
     }
 
-    pub async fn create(&self, signer: &Signer, req: CreateUpload) -> Result<CreatedUpload, ApiError> {
+    pub async fn create(self: &Arc<Self>, signer: &Signer, req: CreateUpload) -> Result<CreatedUpload, ApiError> {
         let key = normalize_key(&req.name)?;
         let plan = PartPlan::new(req.size, req.part_size, &self.store.limits())?;
         if let Some(sha) = &req.sha256
@@ -237,15 +263,28 @@ impl Sessions {
         {
             return Err(ApiError::bad_request("invalid_sha256", "sha256 must be 64 hex digits"));
         }
-        if let Some(p) = &req.processor {
+        let processor_kind = match &req.processor {
+            None => None,
+            Some(p) => match self.config.processors.get(p) {
+                Some(spec) => Some(spec.kind),
+                None => {
+                    let known: Vec<&str> = self.config.processors.keys().map(String::as_str).collect();
+                    let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                    return Err(ApiError::bad_request(
+                        "unknown_processor",
+                        format!("no processor named {p:?} is configured on this server (configured: {known})"),
+                    ));
+                }
+            },
+        };
+        if processor_kind == Some(ProcessorKind::Part) && !self.store.reads_open_parts() {
             return Err(ApiError::bad_request(
-                "unknown_processor",
-                format!("no processor named {p:?} is configured on this server"),
+                "processor_unsupported",
+                "this server's store cannot read parts before the upload completes; use a complete processor",
             ));
         }
-        if req.webhook_url.is_some() {
-            return Err(ApiError::bad_request("webhooks_unsupported", "this server does not deliver webhooks"));
-        }
+        let webhook_url =
+            req.webhook_url.as_deref().map(|u| webhooks::check_url(&self.config.webhooks, u)).transpose()?;
         let meta_bytes: usize = req.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
         if meta_bytes > 8 * 1024 || req.content_type.as_ref().is_some_and(|c| c.len() > 256) {
             return Err(ApiError::bad_request(
@@ -287,9 +326,24 @@ impl Sessions {
             expires_at: now + self.config.session_ttl,
             result: None,
             completing_since: None,
+            processor: req.processor,
+            processor_kind,
+            webhook_url,
         };
         self.save(&session, Condition::IfAbsent).await?;
         self.metrics.upload_entered(UploadState::Uploading);
+        self.record(
+            &session,
+            UploadEvent::Initialized {
+                upload_id: upload_id.clone(),
+                key: key.clone(),
+                size: session.size,
+                part_size: session.part_size,
+                part_count: session.part_count,
+                processor: session.processor.clone(),
+            },
+        )
+        .await;
         let parts = plan.parts().map(|span| self.part_url(signer, &session, span, None, now)).collect();
         Ok(CreatedUpload {
             upload_id,
@@ -299,7 +353,7 @@ impl Sessions {
             part_count: plan.part_count(),
             parts,
             part_checksum: self.store.part_checksum().map(str::to_owned),
-            events_url: None,
+            events_url: Some(format!("{}/v1/uploads/{}/events", self.config.public_url, session.upload_id)),
             expires_at: session.expires_at,
         })
     }
@@ -341,7 +395,7 @@ impl Sessions {
 
     /// Stores one part body (the route has already wrapped it so every byte read is counted).
     pub async fn put_part(
-        &self,
+        self: &Arc<Self>,
         upload_id: &str,
         part_number: u32,
         content_length: Option<u64>,
@@ -373,11 +427,12 @@ impl Sessions {
             other => other?,
         };
         self.metrics.parts_received.inc();
+        self.part_stored(&session, &part).await;
         Ok(part)
     }
 
     pub async fn part_done(
-        &self,
+        self: &Arc<Self>,
         upload_id: &str,
         part_number: u32,
         etag: &str,
@@ -403,11 +458,39 @@ impl Sessions {
                 ),
             ));
         }
+        // A part that came through this server was recorded when it was stored.
+        if !self.events.knows_part(session.log_spec(), part_number, &part.etag).await {
+            self.part_stored(&session, &part).await;
+        }
         Ok(part)
     }
 
     pub async fn status(&self, upload_id: &str) -> Result<UploadStatus, ApiError> {
         let (session, _) = self.load(upload_id).await?;
+        let processing = match (&session.processor, session.processor_kind) {
+            (Some(name), Some(kind)) => {
+                let tally = self.events.tally(session.log_spec()).await?;
+                let progress = tally.progress();
+                Some(ProcessingStatus {
+                    processor: name.clone(),
+                    kind,
+                    parts_processed: progress.parts_processed,
+                    parts_failed: progress.parts_failed,
+                    parts: tally.outcomes().cloned().collect(),
+                    final_result: tally.final_result().cloned(),
+                })
+            }
+            _ => None,
+        };
+        let webhook = match &session.webhook_url {
+            Some(url) => Some(
+                self.webhooks
+                    .status(upload_id)
+                    .await?
+                    .unwrap_or_else(|| ferry_core::api::WebhookStatus { url: url.clone(), deliveries: Vec::new() }),
+            ),
+            None => None,
+        };
         let state = session.state_at(now());
         let parts = if state == UploadState::Uploading {
             match self.store.list_parts(&session.multipart()).await {
@@ -440,11 +523,13 @@ impl Sessions {
             updated_at: session.updated_at,
             expires_at: session.expires_at,
             result: session.result,
+            processing,
+            webhook,
         })
     }
 
     pub async fn complete(
-        &self,
+        self: &Arc<Self>,
         upload_id: &str,
         check: Option<Vec<CompletePart>>,
         sha256: Option<String>,
@@ -526,7 +611,7 @@ impl Sessions {
     }
 
     async fn complete_claimed(
-        &self,
+        self: &Arc<Self>,
         session: &mut Session,
         version: String,
         check: Option<&[CompletePart]>,
@@ -585,6 +670,7 @@ impl Sessions {
         if let Err(e) = self.store.abort_multipart(&multipart).await {
             tracing::warn!(upload_id, error = %e, "completed, but its parts could not be removed");
         }
+        self.upload_completed(session, &info).await;
         Ok(info)
     }
 
@@ -597,7 +683,7 @@ impl Sessions {
     }
 
     /// Cancels an open session and deletes its parts. Repeating it is fine.
-    pub async fn cancel(&self, upload_id: &str) -> Result<UploadStatus, ApiError> {
+    pub async fn cancel(self: &Arc<Self>, upload_id: &str) -> Result<UploadStatus, ApiError> {
         let locks = self.locks(upload_id);
         {
             let _ops = locks.ops.lock().await;
@@ -608,7 +694,11 @@ impl Sessions {
                     UploadState::Uploading => {
                         session.transition(UploadState::Cancelled, now())?;
                         match self.save(&session, Condition::IfMatch(version)).await {
-                            Ok(_) => self.metrics.upload_entered(UploadState::Cancelled),
+                            Ok(_) => {
+                                self.metrics.upload_entered(UploadState::Cancelled);
+                                self.runner.cancel(upload_id);
+                                self.record(&session, UploadEvent::Cancelled).await;
+                            }
                             // Another server changed it meanwhile: look again at what it did.
                             Err(e) if e.code == CONCURRENT && attempts < 3 => {
                                 attempts += 1;
@@ -647,7 +737,7 @@ impl Sessions {
     }
 
     /// Marks overdue open sessions expired and deletes their parts. Returns how many expired.
-    pub async fn expire_overdue(&self) -> Result<usize, ApiError> {
+    pub async fn expire_overdue(self: &Arc<Self>) -> Result<usize, ApiError> {
         let mut expired = 0;
         for name in self.store.list_records("sessions/").await? {
             let Some(id) = name.strip_prefix("sessions/") else {
@@ -673,6 +763,8 @@ impl Sessions {
                 Err(e) => return Err(e),
             }
             self.metrics.upload_entered(UploadState::Expired);
+            self.runner.cancel(id);
+            self.record(&session, UploadEvent::Expired).await;
             self.store.abort_multipart(&session.multipart()).await?;
             expired += 1;
         }
@@ -734,6 +826,9 @@ fn check_etags(check: &[CompletePart], stored: &HashMap<u32, &PartInfo>, part_co
 
 /// Runs the expiry sweep every `sweep_interval` until the task is aborted.
 pub(crate) async fn sweep_forever(state: Arc<AppState>) {
+    if let Err(e) = state.sessions.recover().await {
+        tracing::warn!(error = %e.message, "could not look for unfinished processing and webhooks");
+    }
     let mut tick = tokio::time::interval(state.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -20,6 +20,8 @@ pub enum StoreError {
     Body(#[source] io::Error),
     #[error("the object's SHA-256 is {actual}, not the expected {expected}")]
     ChecksumMismatch { expected: String, actual: String },
+    #[error("this store cannot read the parts of an open upload")]
+    Unreadable,
     #[error("the record changed since it was read")]
     ConditionFailed,
     #[error("invalid record name {0:?}")]

@@ -286,14 +286,17 @@ impl ObjectReader for FsObjectReader {
     }
 
     fn read(self: Box<Self>, start: u64, len: u64) -> ByteStream {
-        let mut file = self.file;
-        match file.seek(SeekFrom::Start(start)) {
-            Ok(_) => {
-                let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
-                Box::pin(ReaderStream::with_capacity(reader, 256 * 1024))
-            }
-            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        stream_range(self.file, start, len)
+    }
+}
+
+fn stream_range(mut file: File, start: u64, len: u64) -> ByteStream {
+    match file.seek(SeekFrom::Start(start)) {
+        Ok(_) => {
+            let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
+            Box::pin(ReaderStream::with_capacity(reader, 256 * 1024))
         }
+        Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
     }
 }
 
@@ -416,6 +419,23 @@ impl Store for FsStore {
             }))
         })
         .await
+    }
+
+    async fn read_part(&self, upload: &Multipart, span: PartSpan) -> Result<ByteStream, StoreError> {
+        let dir = self.upload_dir(&upload.upload_id)?;
+        let n = span.part_number;
+        let file = blocking(move || {
+            if !dir.is_dir() {
+                return Err(StoreError::NoSuchUpload);
+            }
+            match read_marker(&dir.join(part_file_name(n)))? {
+                Some((size, _)) if size == span.size => {}
+                _ => return Err(StoreError::MissingPart(n)),
+            }
+            Ok(File::open(dir.join(DATA))?)
+        })
+        .await?;
+        Ok(stream_range(file, span.offset, span.size))
     }
 
     async fn complete_multipart(

@@ -135,6 +135,17 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.list_parts(upload).await?.into_iter().find(|p| p.part_number == part_number))
     }
 
+    /// Whether [`read_part`](Store::read_part) works, so parts can be processed before the
+    /// upload completes.
+    fn reads_open_parts(&self) -> bool {
+        true
+    }
+
+    /// The bytes of a stored part of an open upload, for processing it before the upload
+    /// completes. [`StoreError::MissingPart`] if it is not stored; a store whose open parts cannot
+    /// be read (an S3 multipart upload) answers [`StoreError::Unreadable`].
+    async fn read_part(&self, upload: &Multipart, span: PartSpan) -> Result<ByteStream, StoreError>;
+
     /// Assembles `parts` (in order; each must still match its size and ETag) into the upload's
     /// object, atomically: readers see the previous object or the whole new one. With
     /// `expected_sha256`, a store that [verifies](Store::verifies_sha256) stores nothing on a

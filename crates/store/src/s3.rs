@@ -680,6 +680,14 @@ impl Store for S3Store {
         Ok(parts.into_iter().find(|p| p.part_number == part_number))
     }
 
+    fn reads_open_parts(&self) -> bool {
+        false
+    }
+
+    async fn read_part(&self, _upload: &Multipart, _span: PartSpan) -> Result<ByteStream, StoreError> {
+        Err(StoreError::Unreadable)
+    }
+
     async fn complete_multipart(
         &self,
         upload: &Multipart,

@@ -1,6 +1,7 @@
 //! The HTTP surface: one module per route family. Handlers decode, authorize, call the session
 //! domain and encode — nothing else.
 
+mod events;
 mod objects;
 mod ops;
 mod parts;
@@ -26,6 +27,7 @@ use ferry_store::ByteStream;
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .merge(uploads::routes())
+        .merge(events::routes())
         .merge(objects::api_routes())
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), crate::auth::require_bearer));
     Router::new()
