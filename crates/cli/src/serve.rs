@@ -110,6 +110,10 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_EVENTS_IDLE_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
     events_idle_timeout: Duration,
 
+    /// How often an idle event stream sends a keep-alive comment, so proxies do not cut it.
+    #[arg(long, env = "FERRY_EVENTS_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
+    events_keepalive: Duration,
+
     /// Signs webhook deliveries (HMAC-SHA256); without it, uploads cannot ask for a webhook.
     #[arg(long, env = "FERRY_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
@@ -223,6 +227,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.processing_concurrency = args.processing_concurrency;
     config.processing_timeout = args.processing_timeout;
     config.events_idle_timeout = args.events_idle_timeout;
+    config.events_keepalive = args.events_keepalive;
     if args.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
         bail!("--webhook-secret must be at least 16 characters");
     }
@@ -230,7 +235,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.webhooks.retry_for = args.webhook_retry_for;
     config.webhooks.allow_hosts =
         args.webhook_allow_hosts.iter().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect();
-    if config.processing_timeout.is_zero() || config.events_idle_timeout.is_zero() {
+    if config.processing_timeout.is_zero() || config.events_idle_timeout.is_zero() || config.events_keepalive.is_zero()
+    {
         bail!("durations must be longer than zero");
     }
     let (server, data, token_place) = match &args.store {

@@ -291,3 +291,35 @@ async fn the_api_part_route_streams_to_s3_and_expiry_aborts_on_the_store_with_tw
     let st: Value = a.get(&format!("/uploads/{id}")).await.json().await.unwrap();
     assert_eq!(st["state"], "expired");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_part_processing_on_s3_reads_parts_before_complete() {
+    let s3 = S3Server::s3s_fs();
+    let script = r#"part-size=sh -c 'printf "%s:%s;" "$FERRY_PART_NUMBER" "$(wc -c | tr -d " ")"'"#;
+    let srv = TestServer::start_s3(&s3.endpoint, "proc", &["--part-processor", script]);
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let bytes = data((11 * MIB + 5) as usize, 37);
+    let file = write_file(work.path(), "processed.bin", &bytes);
+    let args = ["put", file.to_str().unwrap(), "--part-size", "5MiB", "--processor", "part-size", "--follow", "--json"];
+    let (ok, lines, err) = run_json(ferry(&srv.url, &state, &args)).await;
+    assert!(ok, "{err}");
+    let r = result_of(&lines);
+    assert_eq!(r["sha256"], sha256_hex(&bytes));
+    assert_eq!(srv.metric("ferry_bytes_received_total").await, 0.0, "part bytes went straight to the bucket");
+    let events: Vec<&Value> = lines.iter().filter(|v| v["type"] == "server").map(|v| &v["event"]).collect();
+    // Each part was processed from the bucket while the upload was still open.
+    let completed_at = events.iter().position(|e| e["type"] == "completed").unwrap();
+    for n in 1..=3u64 {
+        let at = events.iter().position(|e| e["type"] == "part_processed" && e["part_number"] == n).unwrap();
+        assert!(at < completed_at, "part {n} was processed before complete: {events:?}");
+    }
+    let fin = events.last().unwrap();
+    assert_eq!(fin["type"], "final_result");
+    assert_eq!(fin["result"], format!("1:{};2:{};3:{};", 5 * MIB, 5 * MIB, MIB + 5));
+    // Assembled by server-side copies into a plain object; the part objects are gone.
+    assert_eq!(std::fs::read(s3.object_file("proc/processed.bin").unwrap()).unwrap(), bytes);
+    use ferry_store::Store as _;
+    let left = s3.store("").list_objects("proc/.ferry/parts/").await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -74,7 +74,9 @@ impl Sessions {
 
     fn spawn_part(self: &Arc<Self>, upload_id: String, part_number: u32) {
         let this = Arc::clone(self);
+        let pending = self.runner.track(&upload_id);
         tokio::spawn(async move {
+            let _pending = pending;
             if let Err(e) = this.process_part(&upload_id, part_number).await {
                 tracing::warn!(upload_id, part_number, error = %e.message, "could not process a part");
             }
@@ -83,7 +85,9 @@ impl Sessions {
 
     fn spawn_object(self: &Arc<Self>, upload_id: String) {
         let this = Arc::clone(self);
+        let pending = self.runner.track(&upload_id);
         tokio::spawn(async move {
+            let _pending = pending;
             if let Err(e) = this.process_object(&upload_id).await {
                 tracing::warn!(upload_id, error = %e.message, "could not process the object");
             }

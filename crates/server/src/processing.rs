@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::events::ProcessorKind;
@@ -93,11 +93,29 @@ pub struct Runner {
     slots: Semaphore,
     timeout: Duration,
     tokens: Mutex<HashMap<String, CancellationToken>>,
+    /// Runs queued or running, by upload.
+    pending: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Runner {
     pub fn new(concurrency: usize, timeout: Duration) -> Runner {
-        Runner { slots: Semaphore::new(concurrency.max(1)), timeout, tokens: Mutex::new(HashMap::new()) }
+        Runner {
+            slots: Semaphore::new(concurrency.max(1)),
+            timeout,
+            tokens: Mutex::new(HashMap::new()),
+            pending: Arc::default(),
+        }
+    }
+
+    /// Counts a run of the upload as pending until the guard is dropped.
+    pub fn track(&self, upload_id: &str) -> Pending {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()).entry(upload_id.to_owned()).or_default() += 1;
+        Pending { upload_id: upload_id.to_owned(), pending: Arc::clone(&self.pending) }
+    }
+
+    /// Whether a run of the upload is queued or running.
+    pub fn busy(&self, upload_id: &str) -> bool {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).contains_key(upload_id)
     }
 
     fn token(&self, upload_id: &str) -> CancellationToken {
@@ -224,6 +242,24 @@ impl Runner {
         }
         let output = String::from_utf8_lossy(&out).into_owned();
         Some(Outcome { ok: true, output, truncated, error: None })
+    }
+}
+
+/// A run queued or running; see [`Runner::track`].
+pub struct Pending {
+    upload_id: String,
+    pending: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut map = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.upload_id) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.upload_id);
+            }
+        }
     }
 }
 

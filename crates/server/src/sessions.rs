@@ -42,6 +42,9 @@ pub struct Session {
     /// The store's own id for the multipart upload (S3's `UploadId`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub store_id: String,
+    /// The store keeps each part as an object until completion, so parts can be processed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parts_as_objects: bool,
     pub name: String,
     pub size: u64,
     pub part_size: u64,
@@ -76,7 +79,12 @@ pub struct Session {
 
 impl Session {
     pub fn multipart(&self) -> Multipart {
-        Multipart { upload_id: self.upload_id.clone(), key: self.key.clone(), store_id: self.store_id.clone() }
+        Multipart {
+            upload_id: self.upload_id.clone(),
+            key: self.key.clone(),
+            store_id: self.store_id.clone(),
+            parts_as_objects: self.parts_as_objects,
+        }
     }
 
     pub fn meta(&self) -> ObjectMeta {
@@ -277,12 +285,6 @@ impl Sessions {
                 }
             },
         };
-        if processor_kind == Some(ProcessorKind::Part) && !self.store.reads_open_parts() {
-            return Err(ApiError::bad_request(
-                "processor_unsupported",
-                "this server's store cannot read parts before the upload completes; use a complete processor",
-            ));
-        }
         let webhook_url =
             req.webhook_url.as_deref().map(|u| webhooks::check_url(&self.config.webhooks, u)).transpose()?;
         let meta_bytes: usize = req.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -308,11 +310,13 @@ impl Sessions {
         let upload_id = new_upload_id()?;
         let meta = ObjectMeta { content_type: req.content_type.clone(), metadata: req.metadata.clone() };
         // Parts may arrive as soon as the client has the answer, so the store is ready first.
-        let multipart = self.store.create_multipart(&upload_id, &key, &meta).await?;
+        let readable = processor_kind == Some(ProcessorKind::Part);
+        let multipart = self.store.create_multipart(&upload_id, &key, &meta, readable).await?;
         let session = Session {
             upload_id: upload_id.clone(),
             key: key.clone(),
             store_id: multipart.store_id,
+            parts_as_objects: multipart.parts_as_objects,
             name: req.name,
             size: plan.size(),
             part_size: plan.part_size(),

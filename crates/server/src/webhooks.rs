@@ -369,7 +369,9 @@ mod tests {
             "http://[::ffff:169.254.169.254]/",
             "http://user:pw@example.com/",
             "not a url",
-            "http:///nohost",
+            "http://",
+            // 169.254.169.254 written as one number.
+            "http://2852039166/",
         ] {
             let e = check_url(&open, bad).unwrap_err();
             assert_eq!(e.code, "invalid_webhook_url", "{bad}");

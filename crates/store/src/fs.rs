@@ -310,7 +310,13 @@ impl Store for FsStore {
         true
     }
 
-    async fn create_multipart(&self, upload_id: &str, key: &str, _meta: &ObjectMeta) -> Result<Multipart, StoreError> {
+    async fn create_multipart(
+        &self,
+        upload_id: &str,
+        key: &str,
+        _meta: &ObjectMeta,
+        _readable_parts: bool,
+    ) -> Result<Multipart, StoreError> {
         let dir = self.upload_dir(upload_id)?;
         blocking(move || {
             ensure_dir(&dir)?;
@@ -318,7 +324,13 @@ impl Store for FsStore {
             Ok(fsync_dir(&dir)?)
         })
         .await?;
-        Ok(Multipart { upload_id: upload_id.to_owned(), key: key.to_owned(), store_id: String::new() })
+        // Parts are always readable here: they are written in place in the upload's data file.
+        Ok(Multipart {
+            upload_id: upload_id.to_owned(),
+            key: key.to_owned(),
+            store_id: String::new(),
+            parts_as_objects: false,
+        })
     }
 
     async fn put_part(&self, upload: &Multipart, span: PartSpan, body: ByteStream) -> Result<PartInfo, StoreError> {

@@ -51,6 +51,14 @@ pub struct Multipart {
     /// The store's own id for it (S3's `UploadId`); empty where the store needs none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub store_id: String,
+    /// Each part is kept as an object of its own until completion, so it can be read before (an
+    /// S3 multipart upload's parts cannot be).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub parts_as_objects: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A URL a client sends a part to straight, and the headers it must send with it (they are part
@@ -97,8 +105,15 @@ pub trait Store: Send + Sync + 'static {
     /// SHA-256 it is given, and readers verify it end to end.
     fn verifies_sha256(&self) -> bool;
 
-    /// Prepares to receive the parts of an upload that will become the object `key`.
-    async fn create_multipart(&self, upload_id: &str, key: &str, meta: &ObjectMeta) -> Result<Multipart, StoreError>;
+    /// Prepares to receive the parts of an upload that will become the object `key`. With
+    /// `readable_parts`, [`read_part`](Store::read_part) must work before the upload completes.
+    async fn create_multipart(
+        &self,
+        upload_id: &str,
+        key: &str,
+        meta: &ObjectMeta,
+        readable_parts: bool,
+    ) -> Result<Multipart, StoreError>;
 
     /// The checksum a client should send with each part it PUTs straight to the store
     /// (`"md5"`: `Content-MD5`, signed into the part's URL), or `None` if parts come through
@@ -135,15 +150,9 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.list_parts(upload).await?.into_iter().find(|p| p.part_number == part_number))
     }
 
-    /// Whether [`read_part`](Store::read_part) works, so parts can be processed before the
-    /// upload completes.
-    fn reads_open_parts(&self) -> bool {
-        true
-    }
-
     /// The bytes of a stored part of an open upload, for processing it before the upload
-    /// completes. [`StoreError::MissingPart`] if it is not stored; a store whose open parts cannot
-    /// be read (an S3 multipart upload) answers [`StoreError::Unreadable`].
+    /// completes. [`StoreError::MissingPart`] if it is not stored; [`StoreError::Unreadable`] if
+    /// the upload was not created with `readable_parts` and this store cannot read open parts.
     async fn read_part(&self, upload: &Multipart, span: PartSpan) -> Result<ByteStream, StoreError>;
 
     /// Assembles `parts` (in order; each must still match its size and ETag) into the upload's

@@ -6,6 +6,10 @@
 //! client the rest of ferry uses; responses are parsed here, leniently, because S3-compatible
 //! services differ in what they include (some list parts without ETags, some never paginate).
 //!
+//! An upload whose parts must be readable before it completes (one with a per-part processor)
+//! keeps each part as an object of its own under `{prefix}.ferry/parts/{upload_id}/`; `complete`
+//! then makes the multipart upload and fills it with server-side copies (UploadPartCopy).
+//!
 //! S3 cannot read the parts of an open multipart upload, so `complete` cannot check a SHA-256
 //! before it publishes. It records the one it is given (or, given none, reads the object back to
 //! compute it) in an object record next to the object, and readers verify it end to end.
@@ -18,6 +22,7 @@ use async_trait::async_trait;
 use ferry_core::api::{ObjectInfo, PartInfo, bare_etag, quote_etag};
 use ferry_core::plan::{GIB, Limits, MIB, PartSpan, TIB};
 use futures_util::{StreamExt as _, TryStreamExt as _};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method as HttpMethod, StatusCode};
 use rusty_s3::{Bucket, Credentials, Method, UrlStyle};
 use serde::{Deserialize, Serialize};
@@ -32,6 +37,9 @@ use crate::{
 /// What S3 accepts: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000 of them.
 pub const S3_LIMITS: Limits =
     Limits { min_part_size: 5 * MIB, max_part_size: 5 * GIB, max_parts: 10_000, max_object_size: 5 * TIB };
+
+/// Percent-encodes an `x-amz-copy-source` key, keeping its `/` separators.
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
 
 /// Keys under this folder of the prefix hold ferry's records; clients may not name objects there.
 const RESERVED: &str = ".ferry/";
@@ -420,6 +428,134 @@ impl S3Store {
         Box::pin(futures_util::stream::once(fut).try_flatten())
     }
 
+    /// Where part `n` of an upload with `parts_as_objects` is kept until completion.
+    fn part_object_key(&self, upload: &Multipart, n: u32) -> String {
+        format!("{}{RESERVED}parts/{}/{n:05}", self.inner.prefix, upload.upload_id)
+    }
+
+    /// Present while an upload with `parts_as_objects` is open.
+    fn open_marker_key(&self, upload: &Multipart) -> String {
+        format!("{}{RESERVED}parts/{}/open", self.inner.prefix, upload.upload_id)
+    }
+
+    /// The part objects of an open upload; `NoSuchUpload` once it is completed or aborted.
+    async fn list_part_objects(&self, upload: &Multipart) -> Result<Vec<PartInfo>, StoreError> {
+        let folder = format!("{}{RESERVED}parts/{}/", self.inner.prefix, upload.upload_id);
+        let listed = self.list_keys(&folder, None).await?;
+        if !listed.iter().any(|l| l.key == self.open_marker_key(upload)) {
+            return Err(StoreError::NoSuchUpload);
+        }
+        let mut parts: Vec<PartInfo> = listed
+            .into_iter()
+            .filter_map(|l| {
+                let part_number = l.key.strip_prefix(folder.as_str())?.parse().ok()?;
+                Some(PartInfo { part_number, size: l.size, etag: l.etag })
+            })
+            .collect();
+        parts.sort_by_key(|p| p.part_number);
+        Ok(parts)
+    }
+
+    async fn delete_key(&self, s3_key: &str) -> Result<(), StoreError> {
+        let url = self.sign(Method::Delete, Some(s3_key), &[], &[], REQUEST_TTL);
+        match self.send(self.request(HttpMethod::DELETE, url), "deleting an object").await {
+            Ok(_) | Err(StoreError::NoSuchObject) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// CreateMultipartUpload; its `UploadId`.
+    async fn start_multipart(&self, s3_key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
+        let url = self.sign(Method::Post, Some(s3_key), &[("uploads", "")], &[], REQUEST_TTL);
+        let mut req = self.request(HttpMethod::POST, url);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let res = self.send(req, "creating a multipart upload").await?;
+        let text = res.text().await.map_err(|e| unreachable("creating a multipart upload", &e))?;
+        let doc = parse_xml(&text, "creating a multipart upload")?;
+        let id = child_text(doc.root_element(), "UploadId").filter(|s| !s.is_empty());
+        id.map(str::to_owned).ok_or_else(|| StoreError::Remote {
+            status: 200,
+            code: "MissingUploadId".to_owned(),
+            message: "the answer to CreateMultipartUpload has no UploadId".to_owned(),
+        })
+    }
+
+    async fn abort_store_upload(&self, s3_key: &str, store_id: &str, upload_id: &str) -> Result<(), StoreError> {
+        let url = self.sign(Method::Delete, Some(s3_key), &[("uploadId", store_id)], &[], REQUEST_TTL);
+        match self.send(self.request(HttpMethod::DELETE, url), "aborting a multipart upload").await {
+            Ok(_) | Err(StoreError::NoSuchUpload) => Ok(()),
+            // Some services (s3s-fs) deny an upload id they no longer know instead of answering
+            // NoSuchUpload. Should it really be a missing permission, the bucket's lifecycle rule
+            // for incomplete uploads still removes the parts.
+            Err(StoreError::Remote { status: 403, code, .. }) if code == "AccessDenied" => {
+                tracing::warn!(upload = %upload_id, "aborting was denied; taking the upload as already gone");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Assembles the part objects of `upload` into a new multipart upload of `s3_key` with
+    /// server-side copies (UploadPartCopy: no bytes pass through ferry). Returns its `UploadId`
+    /// and the copied parts' ETags; on failure the new multipart upload is aborted.
+    async fn copy_parts(
+        &self,
+        upload: &Multipart,
+        s3_key: &str,
+        parts: &[PartInfo],
+        content_type: Option<&str>,
+    ) -> Result<(String, Vec<PartInfo>), StoreError> {
+        let store_id = self.start_multipart(s3_key, content_type).await?;
+        let copies: Vec<_> = parts.iter().map(|p| Box::pin(self.copy_part(upload, s3_key, &store_id, p))).collect();
+        let copies = futures_util::stream::iter(copies).buffered(8).collect::<Vec<_>>().await;
+        match copies.into_iter().collect::<Result<Vec<PartInfo>, StoreError>>() {
+            Ok(copied) => Ok((store_id, copied)),
+            Err(e) => {
+                if let Err(abort) = self.abort_store_upload(s3_key, &store_id, &upload.upload_id).await {
+                    tracing::warn!(upload = %upload.upload_id, error = %abort, "could not abort a failed assembly");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn copy_part(
+        &self,
+        upload: &Multipart,
+        s3_key: &str,
+        store_id: &str,
+        part: &PartInfo,
+    ) -> Result<PartInfo, StoreError> {
+        let what = "copying a part into the object";
+        let source_key = self.part_object_key(upload, part.part_number);
+        let source = format!("/{}/{}", self.inner.bucket.name(), utf8_percent_encode(&source_key, COPY_SOURCE));
+        let n = part.part_number.to_string();
+        let query = [("partNumber", n.as_str()), ("uploadId", store_id)];
+        // The part must still be the one that was checked.
+        let if_match = quote_etag(bare_etag(&part.etag));
+        let mut headers = vec![("x-amz-copy-source", source.as_str())];
+        if !part.etag.is_empty() {
+            headers.push(("x-amz-copy-source-if-match", if_match.as_str()));
+        }
+        let url = self.sign(Method::Put, Some(s3_key), &query, &headers, REQUEST_TTL);
+        let req = headers.iter().fold(self.request(HttpMethod::PUT, url), |r, (k, v)| r.header(*k, *v));
+        let res = self.send(req, what).await?;
+        let text = res.text().await.map_err(|e| unreachable(what, &e))?;
+        let doc = parse_xml(&text, what)?;
+        if doc.root_element().tag_name().name() == "Error" {
+            return Err(s3_error(StatusCode::INTERNAL_SERVER_ERROR, &text, what));
+        }
+        let etag =
+            child_text(doc.root_element(), "ETag").filter(|e| !e.is_empty()).ok_or_else(|| StoreError::Remote {
+                status: 200,
+                code: "MissingETag".to_owned(),
+                message: format!("{what}: the answer to UploadPartCopy has no ETag"),
+            })?;
+        Ok(PartInfo { part_number: part.part_number, size: part.size, etag: quote_etag(bare_etag(etag)) })
+    }
+
     async fn send_complete(&self, req: reqwest::RequestBuilder) -> Result<(), StoreError> {
         let what = "completing a multipart upload";
         let res = self.send(req, what).await?;
@@ -598,23 +734,30 @@ impl Store for S3Store {
         Some("md5")
     }
 
-    async fn create_multipart(&self, upload_id: &str, key: &str, meta: &ObjectMeta) -> Result<Multipart, StoreError> {
+    async fn create_multipart(
+        &self,
+        upload_id: &str,
+        key: &str,
+        meta: &ObjectMeta,
+        readable_parts: bool,
+    ) -> Result<Multipart, StoreError> {
         let s3_key = self.object_key(key)?;
-        let url = self.sign(Method::Post, Some(&s3_key), &[("uploads", "")], &[], REQUEST_TTL);
-        let mut req = self.request(HttpMethod::POST, url);
-        if let Some(ct) = &meta.content_type {
-            req = req.header("content-type", ct);
+        if readable_parts {
+            // The multipart upload is made at complete, from the part objects. Until then a
+            // marker says the upload is open, so parts sent after an abort are refused.
+            let upload = Multipart {
+                upload_id: upload_id.to_owned(),
+                key: key.to_owned(),
+                store_id: String::new(),
+                parts_as_objects: true,
+            };
+            let marker = self.open_marker_key(&upload);
+            let url = self.sign(Method::Put, Some(&marker), &[], &[("content-length", "0")], REQUEST_TTL);
+            self.send(self.request(HttpMethod::PUT, url).header("content-length", "0"), "creating an upload").await?;
+            return Ok(upload);
         }
-        let res = self.send(req, "creating a multipart upload").await?;
-        let text = res.text().await.map_err(|e| unreachable("creating a multipart upload", &e))?;
-        let doc = parse_xml(&text, "creating a multipart upload")?;
-        let store_id =
-            child_text(doc.root_element(), "UploadId").filter(|s| !s.is_empty()).ok_or_else(|| StoreError::Remote {
-                status: 200,
-                code: "MissingUploadId".to_owned(),
-                message: "the answer to CreateMultipartUpload has no UploadId".to_owned(),
-            })?;
-        Ok(Multipart { upload_id: upload_id.to_owned(), key: key.to_owned(), store_id: store_id.to_owned() })
+        let store_id = self.start_multipart(&s3_key, meta.content_type.as_deref()).await?;
+        Ok(Multipart { upload_id: upload_id.to_owned(), key: key.to_owned(), store_id, parts_as_objects: false })
     }
 
     fn presign_part(
@@ -627,18 +770,25 @@ impl Store for S3Store {
         let s3_key = self.object_key(&upload.key).ok()?;
         let n = span.part_number.to_string();
         let len = span.size.to_string();
-        let query = [("partNumber", n.as_str()), ("uploadId", upload.store_id.as_str())];
         let mut headers = vec![("content-length", len.as_str())];
         let mut to_send = BTreeMap::new();
         if let Some(md5) = content_md5 {
             headers.push(("content-md5", md5));
             to_send.insert("content-md5".to_owned(), md5.to_owned());
         }
-        let url = self.sign(Method::Put, Some(&s3_key), &query, &headers, ttl);
+        let url = if upload.parts_as_objects {
+            self.sign(Method::Put, Some(&self.part_object_key(upload, span.part_number)), &[], &headers, ttl)
+        } else {
+            let query = [("partNumber", n.as_str()), ("uploadId", upload.store_id.as_str())];
+            self.sign(Method::Put, Some(&s3_key), &query, &headers, ttl)
+        };
         Some(DirectPart { url: url.into(), headers: to_send })
     }
 
     async fn put_part(&self, upload: &Multipart, span: PartSpan, body: ByteStream) -> Result<PartInfo, StoreError> {
+        if upload.parts_as_objects && self.head(&self.open_marker_key(upload)).await?.is_none() {
+            return Err(StoreError::NoSuchUpload);
+        }
         let Some(direct) = self.presign_part(upload, span, None, REQUEST_TTL) else {
             return Err(StoreError::ReservedKey(upload.key.clone()));
         };
@@ -663,6 +813,9 @@ impl Store for S3Store {
     }
 
     async fn list_parts(&self, upload: &Multipart) -> Result<Vec<PartInfo>, StoreError> {
+        if upload.parts_as_objects {
+            return self.list_part_objects(upload).await;
+        }
         let mut all: BTreeMap<u32, PartInfo> = BTreeMap::new();
         let mut marker = 0;
         loop {
@@ -676,16 +829,23 @@ impl Store for S3Store {
     }
 
     async fn head_part(&self, upload: &Multipart, part_number: u32) -> Result<Option<PartInfo>, StoreError> {
+        if upload.parts_as_objects {
+            let head = self.head(&self.part_object_key(upload, part_number)).await?;
+            return Ok(head.map(|h| PartInfo { part_number, size: h.size, etag: h.etag }));
+        }
         let (parts, _) = self.list_part_page(upload, part_number.saturating_sub(1), Some(1)).await?;
         Ok(parts.into_iter().find(|p| p.part_number == part_number))
     }
 
-    fn reads_open_parts(&self) -> bool {
-        false
-    }
-
-    async fn read_part(&self, _upload: &Multipart, _span: PartSpan) -> Result<ByteStream, StoreError> {
-        Err(StoreError::Unreadable)
+    async fn read_part(&self, upload: &Multipart, span: PartSpan) -> Result<ByteStream, StoreError> {
+        if !upload.parts_as_objects {
+            return Err(StoreError::Unreadable);
+        }
+        let key = self.part_object_key(upload, span.part_number);
+        match self.head(&key).await? {
+            Some(h) if h.size == span.size => Ok(self.get_range(key, h.etag, 0, span.size)),
+            _ => Err(StoreError::MissingPart(span.part_number)),
+        }
     }
 
     async fn complete_multipart(
@@ -735,12 +895,16 @@ impl Store for S3Store {
         if stored.is_some() {
             // Written first, so a crash between completing and recording can be recognised.
             self.save_object_record(&rec).await?;
-            let url =
-                self.sign(Method::Post, Some(&s3_key), &[("uploadId", upload.store_id.as_str())], &[], REQUEST_TTL);
+            let (store_id, parts) = if upload.parts_as_objects {
+                self.copy_parts(upload, &s3_key, parts, rec.content_type.as_deref()).await?
+            } else {
+                (upload.store_id.clone(), parts.to_vec())
+            };
+            let url = self.sign(Method::Post, Some(&s3_key), &[("uploadId", store_id.as_str())], &[], REQUEST_TTL);
             let req = self
                 .request(HttpMethod::POST, url)
                 .header("content-type", "application/xml")
-                .body(complete_body(parts));
+                .body(complete_body(&parts));
             match self.send_complete(req).await {
                 Ok(()) | Err(StoreError::NoSuchUpload) => {}
                 // A concurrent complete of the same upload may have won the race; if so its
@@ -758,22 +922,20 @@ impl Store for S3Store {
     }
 
     async fn abort_multipart(&self, upload: &Multipart) -> Result<(), StoreError> {
+        if upload.parts_as_objects {
+            // The marker first, so parts still arriving are refused.
+            self.delete_key(&self.open_marker_key(upload)).await?;
+            let folder = format!("{}{RESERVED}parts/{}/", self.inner.prefix, upload.upload_id);
+            for listed in self.list_keys(&folder, None).await? {
+                self.delete_key(&listed.key).await?;
+            }
+            return Ok(());
+        }
         if upload.store_id.is_empty() {
             return Ok(());
         }
         let s3_key = self.object_key(&upload.key)?;
-        let url = self.sign(Method::Delete, Some(&s3_key), &[("uploadId", upload.store_id.as_str())], &[], REQUEST_TTL);
-        match self.send(self.request(HttpMethod::DELETE, url), "aborting a multipart upload").await {
-            Ok(_) | Err(StoreError::NoSuchUpload) => Ok(()),
-            // Some services (s3s-fs) deny an upload id they no longer know instead of answering
-            // NoSuchUpload. Should it really be a missing permission, the bucket's lifecycle rule
-            // for incomplete uploads still removes the parts.
-            Err(StoreError::Remote { status: 403, code, .. }) if code == "AccessDenied" => {
-                tracing::warn!(upload = %upload.upload_id, "aborting was denied; taking the upload as already gone");
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        self.abort_store_upload(&s3_key, &upload.store_id, &upload.upload_id).await
     }
 
     async fn open_object(&self, key: &str) -> Result<Box<dyn ObjectReader>, StoreError> {
@@ -785,12 +947,7 @@ impl Store for S3Store {
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
-        let s3_key = self.object_key(key)?;
-        let url = self.sign(Method::Delete, Some(&s3_key), &[], &[], REQUEST_TTL);
-        match self.send(self.request(HttpMethod::DELETE, url), "deleting an object").await {
-            Ok(_) | Err(StoreError::NoSuchObject) => {}
-            Err(e) => return Err(e),
-        }
+        self.delete_key(&self.object_key(key)?).await?;
         self.delete_record(&object_record_name(key)).await
     }
 

@@ -63,7 +63,10 @@ async fn events(
     // Subscribe before reading the log, so nothing appended in between is missed.
     let rx = st.sessions.events.subscribe(&id);
     let replay = st.sessions.events.read_after(&id, last).await?;
-    let settled = replay.is_empty() && st.sessions.events.tally(session.log_spec()).await?.is_settled();
+    // Nothing to replay, nothing more coming: end at once rather than idle.
+    let settled = replay.is_empty()
+        && !st.sessions.runner.busy(&id)
+        && st.sessions.events.tally(session.log_spec()).await?.is_settled();
     let follow = Follow {
         sessions: Arc::clone(&st.sessions),
         upload_id: id,
