@@ -547,3 +547,50 @@ async fn put_follow_and_watch_print_results_as_they_stream() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("failed processing") && stderr.contains("processing failed for 1"), "{stderr}");
 }
+
+#[tokio::test]
+async fn processors_can_come_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        "[processors.size]\non = \"complete\"\ncommand = \"wc -c\"\n\n[processors.tag]\non = \"part\"\ncommand = \"sh -c 'printf %s $FERRY_PART_NUMBER'\"\ntimeout = \"30s\"\n",
+    )
+    .unwrap();
+    let srv = TestServer::start(&["--config", config.to_str().unwrap()]);
+    let body = data(2 * PART as usize, 12);
+    for (processor, expected) in [("size", format!("{}\n", body.len())), ("tag", "12".to_owned())] {
+        let created = create_with(&srv, processor, &body, json!({"processor": processor})).await;
+        let id = created["upload_id"].as_str().unwrap();
+        srv.put_all(&created, &body).await;
+        let mut sse = Sse::open(&srv, id, None).await;
+        complete(&srv, id).await;
+        let fin = sse.until(is("final_result")).await.pop().unwrap();
+        assert_eq!(fin["result"], expected, "{processor}");
+    }
+
+    // A config that does not make sense stops the server with a clear message.
+    for (text, says) in [
+        ("[processors.x]\non = \"sometimes\"\ncommand = \"cat\"\n", "unknown variant"),
+        ("[processors.x]\non = \"part\"\n", "missing field `command`"),
+        ("[processors.x]\non = \"part\"\ncommand = \"cat\"\ncolour = \"red\"\n", "unknown field"),
+        ("[processors.x]\non = \"part\"\ncommand = \"cat\"\ntimeout = \"soon\"\n", "timeout"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--token", TOKEN, "--config", config.to_str().unwrap()])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{text}: {stderr}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--part-processor", "a=cat", "--complete-processor", "a=cat"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("configured twice"));
+}
