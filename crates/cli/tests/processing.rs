@@ -594,3 +594,28 @@ async fn processors_can_come_from_a_config_file() {
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("configured twice"));
 }
+
+#[tokio::test]
+async fn stopping_the_server_stops_its_processors_and_its_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let script = format!(r#"sleep 300 & echo $! > {d}/child; wait"#);
+    let mut srv = TestServer::start(&["--part-processor", &sh("hang", &script)]);
+    let body = data(PART as usize, 13);
+    let created = create_with(&srv, "hang", &body, json!({"processor": "hang"})).await;
+    let id = created["upload_id"].as_str().unwrap();
+    let mut sse = Sse::open(&srv, id, None).await;
+    put_part(&srv, &created, &body, 1).await;
+    let child = dir.path().join("child");
+    eventually(Duration::from_secs(20), async || std::fs::read_to_string(&child).is_ok_and(|s| !s.trim().is_empty()))
+        .await;
+    let pid = std::fs::read_to_string(&child).unwrap();
+    assert!(alive(&pid));
+    let term = std::process::Command::new("kill").args(["-TERM", &srv.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    // The open event stream does not hold the shutdown up, and the processor goes with the server.
+    sse.rest().await;
+    let exited = tokio::task::spawn_blocking(move || srv.child.wait().unwrap()).await.unwrap();
+    assert!(exited.success(), "{exited:?}");
+    eventually(Duration::from_secs(10), async || !alive(&pid)).await;
+}

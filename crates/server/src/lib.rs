@@ -126,6 +126,8 @@ impl Server {
         };
         let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
+        // Runs cut short here are run again after the restart (their outcomes were not recorded).
+        self.state.sessions.runner.kill_all();
         result
     }
 }

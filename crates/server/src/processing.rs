@@ -95,6 +95,8 @@ pub struct Runner {
     tokens: Mutex<HashMap<String, CancellationToken>>,
     /// Runs queued or running, by upload.
     pending: Arc<Mutex<HashMap<String, usize>>>,
+    /// Process groups of the runs under way.
+    groups: Mutex<std::collections::HashSet<i32>>,
 }
 
 impl Runner {
@@ -104,6 +106,14 @@ impl Runner {
             timeout,
             tokens: Mutex::new(HashMap::new()),
             pending: Arc::default(),
+            groups: Mutex::default(),
+        }
+    }
+
+    /// Kills every run under way, with everything it started (the server is stopping).
+    pub fn kill_all(&self) {
+        for g in self.groups.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(g), nix::sys::signal::Signal::SIGKILL);
         }
     }
 
@@ -176,7 +186,12 @@ impl Runner {
             Ok(c) => c,
             Err(e) => return Some(Outcome::failed(format!("cannot start {:?}: {e}", spec.argv[0]))),
         };
-        let group = child.id().and_then(|id| i32::try_from(id).ok()).map(nix::unistd::Pid::from_raw);
+        let group = child.id().and_then(|id| i32::try_from(id).ok());
+        if let Some(g) = group {
+            self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(g);
+        }
+        let _forget = Forget { groups: &self.groups, group };
+        let group = group.map(nix::unistd::Pid::from_raw);
         let kill_group = move || {
             if let Some(g) = group {
                 // ESRCH: everything in it is gone already.
@@ -242,6 +257,20 @@ impl Runner {
         }
         let output = String::from_utf8_lossy(&out).into_owned();
         Some(Outcome { ok: true, output, truncated, error: None })
+    }
+}
+
+/// Takes a run's process group off the list when the run ends, however it ends.
+struct Forget<'a> {
+    groups: &'a Mutex<std::collections::HashSet<i32>>,
+    group: Option<i32>,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.group {
+            self.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(&g);
+        }
     }
 }
 
