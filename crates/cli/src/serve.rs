@@ -114,6 +114,12 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_EVENTS_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
     events_keepalive: Duration,
 
+    /// An origin whose browser apps may call this server, e.g. https://app.example.com
+    /// (repeatable, or comma-separated; `*` for any). Preflights are answered without a token and
+    /// responses expose ETag. Not needed for the page ferry serves itself.
+    #[arg(long = "cors-origin", env = "FERRY_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+
     /// Signs webhook deliveries (HMAC-SHA256); without it, uploads cannot ask for a webhook.
     #[arg(long, env = "FERRY_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
@@ -228,6 +234,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.processing_timeout = args.processing_timeout;
     config.events_idle_timeout = args.events_idle_timeout;
     config.events_keepalive = args.events_keepalive;
+    config.cors_origins =
+        args.cors_origins.iter().map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect();
     if args.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
         bail!("--webhook-secret must be at least 16 characters");
     }

@@ -323,3 +323,58 @@ async fn per_part_processing_on_s3_reads_parts_before_complete() {
     let left = s3.store("").list_objects("proc/.ferry/parts/").await.unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uppy_uploads_of_unknown_size_go_straight_to_s3() {
+    let s3 = S3Server::s3s_fs();
+    let srv = TestServer::start_s3(&s3.endpoint, "uppy", &[]);
+    let bytes = data((10 * MIB + 999) as usize, 41);
+    let s3_route = |path: &str| format!("{}/s3{path}", srv.url);
+    let created: Value = srv
+        .http
+        .post(s3_route("/multipart"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"filename": "from-uppy.bin", "type": "application/octet-stream", "metadata": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, key) = (created["uploadId"].as_str().unwrap(), created["key"].as_str().unwrap());
+    let mut parts = Vec::new();
+    for (i, chunk) in bytes.chunks(5 * MIB as usize).enumerate() {
+        let n = i + 1;
+        let signed: Value = srv
+            .http
+            .get(s3_route(&format!("/multipart/{id}/{n}?key={key}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let url = signed["url"].as_str().unwrap();
+        assert!(url.starts_with(&s3.endpoint), "the part goes straight to the bucket: {url}");
+        let res = srv.http.put(url).body(chunk.to_vec()).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{:?}", res.text().await);
+        parts.push(json!({"PartNumber": n, "ETag": res.headers()["etag"].to_str().unwrap()}));
+    }
+    let done = srv
+        .http
+        .post(s3_route(&format!("/multipart/{id}/complete?key={key}")))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "parts": parts }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200, "{:?}", done.text().await);
+    assert_eq!(std::fs::read(s3.object_file("uppy/from-uppy.bin").unwrap()).unwrap(), bytes);
+    let st: Value = srv.get(&format!("/uploads/{id}")).await.json().await.unwrap();
+    assert_eq!(
+        (st["result"]["sha256"].as_str(), st["part_count"].as_u64()),
+        (Some(sha256_hex(&bytes).as_str()), Some(3))
+    );
+    assert_eq!(srv.metric("ferry_bytes_received_total").await, 0.0);
+}

@@ -40,6 +40,19 @@ pub enum PlanError {
     TooManyParts { size: u64, part_size: u64, needed: u64, max: u32 },
 }
 
+/// Why parts sent without a plan (the object's size unknown when they were) do not make an object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("no parts were uploaded")]
+    Empty,
+    #[error("part {0} is missing")]
+    Missing(u32),
+    #[error("part {part} is {size} bytes; every part but the last must be {expected} bytes, and the last no larger")]
+    Irregular { part: u32, size: u64, expected: u64 },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+}
+
 /// One part of a plan: 1-based number, byte offset in the object and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PartSpan {
@@ -91,6 +104,33 @@ impl PartPlan {
     pub fn from_parts(size: u64, part_size: u64, part_count: u32) -> Option<PartPlan> {
         let ok = part_size > 0 && u64::from(part_count) == size.div_ceil(part_size).max(1);
         ok.then_some(PartPlan { size, part_size, part_count })
+    }
+
+    /// The plan that parts sent without one make (`(part number, size)`, in any order): numbered
+    /// 1 to N with no gap, each the size of the first but the last, which is no larger, all
+    /// within `limits`.
+    pub fn from_uploaded(parts: &[(u32, u64)], limits: &Limits) -> Result<PartPlan, LayoutError> {
+        let mut parts = parts.to_vec();
+        parts.sort_unstable();
+        let (Some(&(_, first)), Some(&(last_number, _))) = (parts.first(), parts.last()) else {
+            return Err(LayoutError::Empty);
+        };
+        if let Some(gap) = (1..=last_number).zip(&parts).find(|(n, (p, _))| n != p) {
+            return Err(LayoutError::Missing(gap.0));
+        }
+        let size: u64 = parts.iter().map(|(_, s)| s).sum();
+        let part_size = if parts.len() == 1 { size.max(limits.min_part_size) } else { first };
+        let plan = PartPlan::new(size, Some(part_size), limits)?;
+        if plan.part_count() as usize != parts.len() {
+            let (part, size) = parts[plan.part_count().min(last_number) as usize - 1];
+            return Err(LayoutError::Irregular { part, size, expected: part_size });
+        }
+        for (span, (n, s)) in plan.parts().zip(&parts) {
+            if span.size != *s {
+                return Err(LayoutError::Irregular { part: *n, size: *s, expected: part_size });
+            }
+        }
+        Ok(plan)
     }
 
     pub fn size(&self) -> u64 {
@@ -209,5 +249,39 @@ mod tests {
         assert!(PartPlan::from_parts(3 * MIB, MIB, 3).is_some());
         assert!(PartPlan::from_parts(3 * MIB, MIB, 4).is_none());
         assert!(PartPlan::from_parts(3 * MIB, 0, 1).is_none());
+    }
+
+    #[test]
+    fn plans_from_uploaded_parts() {
+        let l = Limits::EMBEDDED;
+        let k = 64 * KIB;
+        let plan = PartPlan::from_uploaded(&[(2, k), (1, k), (3, 10)], &l).unwrap();
+        assert_eq!((plan.size(), plan.part_size(), plan.part_count()), (2 * k + 10, k, 3));
+        let plan = PartPlan::from_uploaded(&[(1, k), (2, k)], &l).unwrap();
+        assert_eq!((plan.size(), plan.part_count()), (2 * k, 2));
+        // One part of any size, even below the minimum.
+        let plan = PartPlan::from_uploaded(&[(1, 5)], &l).unwrap();
+        assert_eq!((plan.size(), plan.part_count(), plan.part(1).unwrap().size), (5, 1, 5));
+        assert_eq!(PartPlan::from_uploaded(&[], &l), Err(LayoutError::Empty));
+        assert_eq!(PartPlan::from_uploaded(&[(1, k), (3, k)], &l), Err(LayoutError::Missing(2)));
+        assert_eq!(PartPlan::from_uploaded(&[(2, k)], &l), Err(LayoutError::Missing(1)));
+        // A middle part of another size, a last part larger than the others, a first below the minimum.
+        assert!(matches!(
+            PartPlan::from_uploaded(&[(1, k), (2, k + 1), (3, 5)], &l),
+            Err(LayoutError::Irregular { part: 2, .. })
+        ));
+        assert!(matches!(
+            PartPlan::from_uploaded(&[(1, k), (2, k + 1)], &l),
+            Err(LayoutError::Irregular { part: 2, .. })
+        ));
+        assert!(matches!(
+            PartPlan::from_uploaded(&[(1, 10), (2, 5)], &l),
+            Err(LayoutError::Plan(PlanError::PartTooSmall { .. }))
+        ));
+        let huge = Limits { max_object_size: 3 * k, ..l };
+        assert!(matches!(
+            PartPlan::from_uploaded(&[(1, k), (2, k), (3, k), (4, 1)], &huge),
+            Err(LayoutError::Plan(PlanError::ObjectTooLarge { .. }))
+        ));
     }
 }

@@ -17,6 +17,8 @@ pub enum Scope<'a> {
     Part { upload_id: &'a str, part_number: u32 },
     /// GET (and HEAD) of one object.
     Object { key: &'a str },
+    /// A form POST of one object, described by a policy (base64, so it has no newline).
+    Policy { policy: &'a str },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +61,7 @@ impl Signer {
                 format!("ferry-url-v1\n{method}\npart\n{upload_id}\n{part_number}\n{expires}")
             }
             Scope::Object { key } => format!("ferry-url-v1\n{method}\nobject\n{key}\n{expires}"),
+            Scope::Policy { policy } => format!("ferry-url-v1\n{method}\npolicy\n{policy}\n{expires}"),
         };
         mac.update(canonical.as_bytes());
         mac

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     /// How often an idle event stream sends a keep-alive comment.
     pub events_keepalive: Duration,
     pub webhooks: WebhookConfig,
+    /// Origins whose browser apps may call this server (`*` for any); empty: same origin only.
+    pub cors_origins: Vec<String>,
 }
 
 impl ServerConfig {
@@ -61,6 +63,7 @@ impl ServerConfig {
             events_idle_timeout: Duration::from_secs(30 * 60),
             events_keepalive: Duration::from_secs(15),
             webhooks: WebhookConfig::default(),
+            cors_origins: Vec::new(),
         }
     }
 }

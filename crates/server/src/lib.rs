@@ -2,7 +2,8 @@
 //!
 //! `ferry serve`: the control-plane API v1 (upload sessions, signed part URLs, status, complete,
 //! cancel, objects) and the embedded data plane that receives part bodies, over any
-//! [`ferry_store::Store`].
+//! [`ferry_store::Store`]; each upload's event stream (SSE), the processors run on its parts or
+//! its object, its webhooks; the upload page and the routes Uppy calls.
 //!
 //! Handlers only decode, authorize, call the session domain ([`sessions`]) and encode; the rules of
 //! a session's life live in one place there. This crate must not hold a part body in memory (bodies

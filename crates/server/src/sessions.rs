@@ -19,9 +19,9 @@ use ferry_core::api::{
 };
 use ferry_core::events::{ProcessorKind, UploadEvent};
 use ferry_core::key::normalize_key;
-use ferry_core::plan::PartPlan;
+use ferry_core::plan::{LayoutError, PartPlan, PartSpan};
 use ferry_core::sign::{Scope, Signer};
-use ferry_store::{ByteStream, Condition, Multipart, ObjectMeta, Store, StoreError};
+use ferry_store::{ByteStream, Condition, Multipart, MultipartOptions, ObjectMeta, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex as AsyncMutex, RwLock};
@@ -75,6 +75,10 @@ pub struct Session {
     pub processor_kind: Option<ProcessorKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Created without a size (an Uppy upload): parts of any size arrive, and `complete` works
+    /// out the plan from them. `size`, `part_size` and `part_count` are 0 until then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_ended: bool,
 }
 
 impl Session {
@@ -247,8 +251,10 @@ impl Sessions {
         let expires_at = now + self.config.url_ttl;
         let expires = unix(expires_at);
         let expires_at = time::OffsetDateTime::from_unix_timestamp(expires as i64).unwrap_or(expires_at);
-        let (url, headers) = match self.store.presign_part(&session.multipart(), span, content_md5, self.config.url_ttl)
-        {
+        let size = (!session.open_ended).then_some(span.size);
+        let direct =
+            self.store.presign_part(&session.multipart(), span.part_number, size, content_md5, self.config.url_ttl);
+        let (url, headers) = match direct {
             Some(direct) => (direct.url, direct.headers),
             None => {
                 let upload_id = session.upload_id.as_str();
@@ -264,8 +270,35 @@ impl Sessions {
     }
 
     pub async fn create(self: &Arc<Self>, signer: &Signer, req: CreateUpload) -> Result<CreatedUpload, ApiError> {
-        let key = normalize_key(&req.name)?;
         let plan = PartPlan::new(req.size, req.part_size, &self.store.limits())?;
+        let session = self.open(req, Some(plan)).await?;
+        let now = now();
+        let parts = plan.parts().map(|span| self.part_url(signer, &session, span, None, now)).collect();
+        Ok(CreatedUpload {
+            events_url: Some(format!("{}/v1/uploads/{}/events", self.config.public_url, session.upload_id)),
+            upload_id: session.upload_id,
+            key: session.key,
+            size: plan.size(),
+            part_size: plan.part_size(),
+            part_count: plan.part_count(),
+            parts,
+            part_checksum: self.store.part_checksum().map(str::to_owned),
+            expires_at: session.expires_at,
+        })
+    }
+
+    /// Creates a session whose size is not known (`req.size` is ignored): parts of any size may
+    /// arrive, and `complete` works out the object from them. Uppy uploads are made this way.
+    pub async fn create_open_ended(self: &Arc<Self>, req: CreateUpload) -> Result<Session, ApiError> {
+        if req.processor.is_some() {
+            return Err(ApiError::bad_request("unknown_processor", "uploads of unknown size take no processor"));
+        }
+        self.open(req, None).await
+    }
+
+    /// Validates a create request and opens the session, with `plan` or open-ended.
+    async fn open(self: &Arc<Self>, req: CreateUpload, plan: Option<PartPlan>) -> Result<Session, ApiError> {
+        let key = normalize_key(&req.name)?;
         if let Some(sha) = &req.sha256
             && !is_sha256_hex(sha)
         {
@@ -309,18 +342,21 @@ impl Sessions {
         let now = now();
         let upload_id = new_upload_id()?;
         let meta = ObjectMeta { content_type: req.content_type.clone(), metadata: req.metadata.clone() };
+        let options = MultipartOptions {
+            readable_parts: processor_kind == Some(ProcessorKind::Part),
+            unknown_sizes: plan.is_none(),
+        };
         // Parts may arrive as soon as the client has the answer, so the store is ready first.
-        let readable = processor_kind == Some(ProcessorKind::Part);
-        let multipart = self.store.create_multipart(&upload_id, &key, &meta, readable).await?;
+        let multipart = self.store.create_multipart(&upload_id, &key, &meta, options).await?;
         let session = Session {
-            upload_id: upload_id.clone(),
-            key: key.clone(),
+            upload_id,
+            key,
             store_id: multipart.store_id,
             parts_as_objects: multipart.parts_as_objects,
             name: req.name,
-            size: plan.size(),
-            part_size: plan.part_size(),
-            part_count: plan.part_count(),
+            size: plan.map_or(0, |p| p.size()),
+            part_size: plan.map_or(0, |p| p.part_size()),
+            part_count: plan.map_or(0, |p| p.part_count()),
             sha256: req.sha256.map(|s| s.to_ascii_lowercase()),
             content_type: req.content_type,
             metadata: req.metadata,
@@ -333,33 +369,20 @@ impl Sessions {
             processor: req.processor,
             processor_kind,
             webhook_url,
+            open_ended: plan.is_none(),
         };
         self.save(&session, Condition::IfAbsent).await?;
         self.metrics.upload_entered(UploadState::Uploading);
-        self.record(
-            &session,
-            UploadEvent::Initialized {
-                upload_id: upload_id.clone(),
-                key: key.clone(),
-                size: session.size,
-                part_size: session.part_size,
-                part_count: session.part_count,
-                processor: session.processor.clone(),
-            },
-        )
-        .await;
-        let parts = plan.parts().map(|span| self.part_url(signer, &session, span, None, now)).collect();
-        Ok(CreatedUpload {
-            upload_id,
-            key,
-            size: plan.size(),
-            part_size: plan.part_size(),
-            part_count: plan.part_count(),
-            parts,
-            part_checksum: self.store.part_checksum().map(str::to_owned),
-            events_url: Some(format!("{}/v1/uploads/{}/events", self.config.public_url, session.upload_id)),
-            expires_at: session.expires_at,
-        })
+        let event = UploadEvent::Initialized {
+            upload_id: session.upload_id.clone(),
+            key: session.key.clone(),
+            size: session.size,
+            part_size: session.part_size,
+            part_count: session.part_count,
+            processor: session.processor.clone(),
+        };
+        self.record(&session, event).await;
+        Ok(session)
     }
 
     pub async fn sign(
@@ -372,8 +395,8 @@ impl Sessions {
         let (session, _) = self.load(upload_id).await?;
         let now = now();
         session.require_open(now)?;
-        let plan = session.plan()?;
-        if part_numbers.len() > plan.part_count() as usize {
+        let count = self.part_count_bound(&session)?;
+        if part_numbers.len() > count as usize {
             return Err(ApiError::bad_request("too_many_parts", "more part numbers than the upload has parts"));
         }
         if let Some((n, _)) = content_md5.iter().find(|(_, md5)| !is_base64_md5(md5)) {
@@ -391,10 +414,38 @@ impl Sessions {
         part_numbers
             .iter()
             .map(|&n| {
-                let span = plan.part(n).ok_or_else(|| invalid_part(n, plan.part_count()))?;
+                let span = self.part_span(&session, n, None)?;
                 Ok(self.part_url(signer, &session, span, content_md5.get(&n).map(String::as_str), now))
             })
             .collect()
+    }
+
+    /// The highest part number the session takes: its plan's, or the store's limit for an
+    /// open-ended session.
+    fn part_count_bound(&self, session: &Session) -> Result<u32, ApiError> {
+        if session.open_ended { Ok(self.store.limits().max_parts) } else { Ok(session.plan()?.part_count()) }
+    }
+
+    /// Part `n` of the session. For an open-ended session, its size is the request's
+    /// `Content-Length` (needed when storing it; `None` when only signing), and its offset unknown.
+    fn part_span(&self, session: &Session, n: u32, content_length: Option<u64>) -> Result<PartSpan, ApiError> {
+        if !session.open_ended {
+            let plan = session.plan()?;
+            return plan.part(n).ok_or_else(|| invalid_part(n, plan.part_count()));
+        }
+        let limits = self.store.limits();
+        if n == 0 || n > limits.max_parts {
+            return Err(invalid_part(n, limits.max_parts));
+        }
+        let size = content_length.unwrap_or(0);
+        if size > limits.max_part_size {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "part_too_large",
+                format!("a part may be at most {} bytes", limits.max_part_size),
+            ));
+        }
+        Ok(PartSpan { part_number: n, offset: 0, size })
     }
 
     /// Stores one part body (the route has already wrapped it so every byte read is counted).
@@ -407,8 +458,14 @@ impl Sessions {
     ) -> Result<PartInfo, ApiError> {
         let (session, _) = self.load(upload_id).await?;
         session.require_open(now())?;
-        let plan = session.plan()?;
-        let span = plan.part(part_number).ok_or_else(|| invalid_part(part_number, plan.part_count()))?;
+        if session.open_ended && content_length.is_none() {
+            return Err(ApiError::new(
+                StatusCode::LENGTH_REQUIRED,
+                "length_required",
+                "a part of an upload of unknown size needs a Content-Length",
+            ));
+        }
+        let span = self.part_span(&session, part_number, content_length)?;
         if let Some(len) = content_length
             && len != span.size
         {
@@ -444,8 +501,7 @@ impl Sessions {
     ) -> Result<PartInfo, ApiError> {
         let (session, _) = self.load(upload_id).await?;
         session.require_open(now())?;
-        let plan = session.plan()?;
-        plan.part(part_number).ok_or_else(|| invalid_part(part_number, plan.part_count()))?;
+        self.part_span(&session, part_number, None)?;
         let part = self.store.head_part(&session.multipart(), part_number).await?;
         let mut part = part
             .ok_or_else(|| ApiError::not_found("part_not_found", format!("part {part_number} has not been stored")))?;
@@ -624,9 +680,23 @@ impl Sessions {
         let upload_id = session.upload_id.clone();
         let upload_id = upload_id.as_str();
         let now = now();
-        let plan = session.plan()?;
         let multipart = session.multipart();
         let stored = self.store.list_parts(&multipart).await?;
+        if session.open_ended {
+            // The parts say what the object is: those the client names (all, if it names none).
+            let named: Option<Vec<u32>> = check.map(|c| c.iter().map(|p| p.part_number).collect());
+            let sizes: Vec<(u32, u64)> = stored
+                .iter()
+                .filter(|p| named.as_ref().is_none_or(|n| n.contains(&p.part_number)))
+                .map(|p| (p.part_number, p.size))
+                .collect();
+            let plan = PartPlan::from_uploaded(&sizes, &self.store.limits()).map_err(|e| match e {
+                LayoutError::Missing(_) | LayoutError::Empty => ApiError::bad_request("missing_parts", e.to_string()),
+                e => ApiError::bad_request("irregular_parts", e.to_string()),
+            })?;
+            (session.size, session.part_size, session.part_count) = (plan.size(), plan.part_size(), plan.part_count());
+        }
+        let plan = session.plan()?;
         let by_number: HashMap<u32, &PartInfo> = stored.iter().map(|p| (p.part_number, p)).collect();
         let missing: Vec<u32> = plan
             .parts()

@@ -29,7 +29,10 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_util::io::ReaderStream;
 
-use crate::{ByteStream, Condition, Multipart, ObjectMeta, ObjectReader, Record, Store, StoreError, check_record_name};
+use crate::{
+    ByteStream, Condition, Multipart, MultipartOptions, ObjectMeta, ObjectReader, Record, Store, StoreError,
+    check_record_name,
+};
 
 const MARKER_MAGIC: &[u8; 8] = b"FERRYMK1";
 const MARKER_LEN: usize = 16 + 8 + 8;
@@ -96,6 +99,71 @@ impl FsStore {
         let _ = getrandom::fill(&mut id);
         TempPath { path: self.inner.root.join("tmp").join(hex::encode(id)), keep: false }
     }
+}
+
+impl FsStore {
+    /// Makes the part's bytes (in `data`) durable, then publishes its marker: from then on the
+    /// part is stored.
+    async fn publish_marker(
+        &self,
+        data: Arc<File>,
+        marker: PathBuf,
+        span: PartSpan,
+        digest: [u8; 32],
+    ) -> Result<PartInfo, StoreError> {
+        let mut tmp = self.temp();
+        blocking(move || {
+            data.sync_data()?;
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp.path)?;
+            f.write_all(&marker_bytes(&digest, span.size))?;
+            f.sync_all()?;
+            drop(f);
+            match publish(&mut tmp, &marker) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NoSuchUpload),
+                other => Ok(other?),
+            }
+        })
+        .await?;
+        Ok(PartInfo { part_number: span.part_number, size: span.size, etag: quote_etag(&hex::encode(&digest[..16])) })
+    }
+
+    /// A part kept in a file of its own (its offset is not known): written aside, then renamed
+    /// into place, so a failed re-send leaves the stored copy as it was.
+    async fn put_separate_part(
+        &self,
+        dir: PathBuf,
+        marker: PathBuf,
+        span: PartSpan,
+        body: ByteStream,
+    ) -> Result<PartInfo, StoreError> {
+        let d = dir.clone();
+        if !blocking(move || Ok(d.is_dir())).await? {
+            return Err(StoreError::NoSuchUpload);
+        }
+        let mut staged = self.temp();
+        let sp = staged.path.clone();
+        let file = Arc::new(
+            blocking(move || Ok(OpenOptions::new().read(true).write(true).create_new(true).open(&sp)?)).await?,
+        );
+        let digest = write_body(&file, 0, span.size, body).await?;
+        let dest = dir.join(separate_data_name(span.part_number));
+        let (f, m) = (Arc::clone(&file), marker.clone());
+        blocking(move || {
+            f.sync_data()?;
+            // As for a part written in place: the old marker goes for good before its bytes do.
+            remove_durably(&m, |p| fs::remove_file(p))?;
+            match publish(&mut staged, &dest) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NoSuchUpload),
+                other => Ok(other?),
+            }
+        })
+        .await?;
+        self.publish_marker(file, marker, span, digest).await
+    }
+}
+
+fn separate_data_name(n: u32) -> String {
+    format!("{n:05}.data")
 }
 
 /// Removes its file on drop unless kept: an abandoned write leaves nothing behind.
@@ -170,6 +238,19 @@ fn parse_part_file_name(name: &str) -> Option<u32> {
 
 fn version_of(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..16])
+}
+
+/// Lays the separately kept `parts` end to end in a new file at `dest`.
+fn assemble(dir: &Path, parts: &[PartInfo], dest: &Path) -> Result<(), StoreError> {
+    let mut out = OpenOptions::new().write(true).create_new(true).open(dest)?;
+    for part in parts {
+        let mut src = match File::open(dir.join(separate_data_name(part.part_number))) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::MissingPart(part.part_number)),
+            other => other?,
+        };
+        io::copy(&mut src, &mut out)?;
+    }
+    Ok(())
 }
 
 /// Reads a part marker: the part's size and ETag (bare hex).
@@ -315,7 +396,7 @@ impl Store for FsStore {
         upload_id: &str,
         key: &str,
         _meta: &ObjectMeta,
-        _readable_parts: bool,
+        options: MultipartOptions,
     ) -> Result<Multipart, StoreError> {
         let dir = self.upload_dir(upload_id)?;
         blocking(move || {
@@ -324,12 +405,13 @@ impl Store for FsStore {
             Ok(fsync_dir(&dir)?)
         })
         .await?;
-        // Parts are always readable here: they are written in place in the upload's data file.
+        // Parts are always readable here. They are written in place in the upload's data file,
+        // or, when their offsets are not known, each in a file of its own.
         Ok(Multipart {
             upload_id: upload_id.to_owned(),
             key: key.to_owned(),
             store_id: String::new(),
-            parts_as_objects: false,
+            parts_as_objects: options.unknown_sizes,
         })
     }
 
@@ -343,8 +425,11 @@ impl Store for FsStore {
             Arc::clone(locks.entry((upload_id.to_owned(), n)).or_default())
         };
         let _one_writer = lock.lock().await;
-        let data_path = dir.join(DATA);
         let marker = dir.join(part_file_name(n));
+        if upload.parts_as_objects {
+            return self.put_separate_part(dir, marker, span, body).await;
+        }
+        let data_path = dir.join(DATA);
         let dp = data_path.clone();
         let data = match blocking(move || Ok(OpenOptions::new().write(true).open(&dp)?)).await {
             Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NoSuchUpload),
@@ -376,20 +461,7 @@ impl Store for FsStore {
         } else {
             write_body(&data, span.offset, span.size, body).await?
         };
-        let mut tmp = self.temp();
-        blocking(move || {
-            data.sync_data()?;
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp.path)?;
-            f.write_all(&marker_bytes(&digest, span.size))?;
-            f.sync_all()?;
-            drop(f);
-            match publish(&mut tmp, &marker) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NoSuchUpload),
-                other => Ok(other?),
-            }
-        })
-        .await?;
-        Ok(PartInfo { part_number: n, size: span.size, etag: quote_etag(&hex::encode(&digest[..16])) })
+        self.publish_marker(data, marker, span, digest).await
     }
 
     async fn list_parts(&self, upload: &Multipart) -> Result<Vec<PartInfo>, StoreError> {
@@ -436,6 +508,7 @@ impl Store for FsStore {
     async fn read_part(&self, upload: &Multipart, span: PartSpan) -> Result<ByteStream, StoreError> {
         let dir = self.upload_dir(&upload.upload_id)?;
         let n = span.part_number;
+        let separate = upload.parts_as_objects;
         let file = blocking(move || {
             if !dir.is_dir() {
                 return Err(StoreError::NoSuchUpload);
@@ -444,10 +517,14 @@ impl Store for FsStore {
                 Some((size, _)) if size == span.size => {}
                 _ => return Err(StoreError::MissingPart(n)),
             }
-            Ok(File::open(dir.join(DATA))?)
+            if separate {
+                Ok((File::open(dir.join(separate_data_name(n)))?, 0))
+            } else {
+                Ok((File::open(dir.join(DATA))?, span.offset))
+            }
         })
         .await?;
-        Ok(stream_range(file, span.offset, span.size))
+        Ok(stream_range(file.0, file.1, span.size))
     }
 
     async fn complete_multipart(
@@ -463,8 +540,13 @@ impl Store for FsStore {
         let key = upload.key.clone();
         let upload_id = upload.upload_id.clone();
         let expected = expected_sha256.map(str::to_ascii_lowercase);
+        let separate = upload.parts_as_objects;
+        let assembled = self.temp();
         blocking(move || {
-            let data_path = dir.join(DATA);
+            let data_path = if separate { assembled.path.clone() } else { dir.join(DATA) };
+            if separate && dir.is_dir() {
+                assemble(&dir, &parts, &data_path)?;
+            }
             let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {

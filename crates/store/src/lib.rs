@@ -51,14 +51,24 @@ pub struct Multipart {
     /// The store's own id for it (S3's `UploadId`); empty where the store needs none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub store_id: String,
-    /// Each part is kept as an object of its own until completion, so it can be read before (an
-    /// S3 multipart upload's parts cannot be).
+    /// Each part is kept as an object (or file) of its own until completion: so it can be read
+    /// before (an S3 multipart upload's parts cannot be), or because its offset is not known.
     #[serde(default, skip_serializing_if = "is_false")]
     pub parts_as_objects: bool,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// What a multipart upload needs from its store besides keeping its parts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MultipartOptions {
+    /// [`read_part`](Store::read_part) must work before the upload completes (per-part processing).
+    pub readable_parts: bool,
+    /// The object's size is not known, so neither are part offsets: each part is kept on its own
+    /// and the parts are laid end to end at complete (an Uppy upload, which says no size).
+    pub unknown_sizes: bool,
 }
 
 /// A URL a client sends a part to straight, and the headers it must send with it (they are part
@@ -105,14 +115,13 @@ pub trait Store: Send + Sync + 'static {
     /// SHA-256 it is given, and readers verify it end to end.
     fn verifies_sha256(&self) -> bool;
 
-    /// Prepares to receive the parts of an upload that will become the object `key`. With
-    /// `readable_parts`, [`read_part`](Store::read_part) must work before the upload completes.
+    /// Prepares to receive the parts of an upload that will become the object `key`.
     async fn create_multipart(
         &self,
         upload_id: &str,
         key: &str,
         meta: &ObjectMeta,
-        readable_parts: bool,
+        options: MultipartOptions,
     ) -> Result<Multipart, StoreError>;
 
     /// The checksum a client should send with each part it PUTs straight to the store
@@ -122,22 +131,24 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// A URL the client can PUT part `span` to without going through the server, valid for `ttl`,
-    /// or `None` if this store has no such URLs. With `content_md5` (base64), the store refuses a
-    /// body with another MD5.
+    /// A URL the client can PUT part `part_number` to without going through the server, valid for
+    /// `ttl`, or `None` if this store has no such URLs. With `size`, the store refuses a body of
+    /// another length; with `content_md5` (base64), one with another MD5.
     fn presign_part(
         &self,
         upload: &Multipart,
-        span: PartSpan,
+        part_number: u32,
+        size: Option<u64>,
         content_md5: Option<&str>,
         ttl: std::time::Duration,
     ) -> Option<DirectPart> {
-        let _ = (upload, span, content_md5, ttl);
+        let _ = (upload, part_number, size, content_md5, ttl);
         None
     }
 
     /// Stores the part `span` describes (its number, offset in the object and size; the body must
-    /// be exactly that size), replacing any earlier copy. Returns only once the part is on stable
+    /// be exactly that size; the offset is ignored for an upload of unknown size), replacing any
+    /// earlier copy. Returns only once the part is on stable
     /// storage. A body of the wrong length or one that fails mid-way changes nothing.
     async fn put_part(&self, upload: &Multipart, span: PartSpan, body: ByteStream) -> Result<PartInfo, StoreError>;
 

@@ -30,8 +30,8 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::{
-    ByteStream, Condition, DirectPart, Multipart, ObjectMeta, ObjectReader, Record, Store, StoreError,
-    check_record_name,
+    ByteStream, Condition, DirectPart, Multipart, MultipartOptions, ObjectMeta, ObjectReader, Record, Store,
+    StoreError, check_record_name,
 };
 
 /// What S3 accepts: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000 of them.
@@ -739,10 +739,11 @@ impl Store for S3Store {
         upload_id: &str,
         key: &str,
         meta: &ObjectMeta,
-        readable_parts: bool,
+        options: MultipartOptions,
     ) -> Result<Multipart, StoreError> {
         let s3_key = self.object_key(key)?;
-        if readable_parts {
+        // Parts of unknown size need nothing special: S3 places them at complete.
+        if options.readable_parts {
             // The multipart upload is made at complete, from the part objects. Until then a
             // marker says the upload is open, so parts sent after an abort are refused.
             let upload = Multipart {
@@ -763,21 +764,22 @@ impl Store for S3Store {
     fn presign_part(
         &self,
         upload: &Multipart,
-        span: PartSpan,
+        part_number: u32,
+        size: Option<u64>,
         content_md5: Option<&str>,
         ttl: Duration,
     ) -> Option<DirectPart> {
         let s3_key = self.object_key(&upload.key).ok()?;
-        let n = span.part_number.to_string();
-        let len = span.size.to_string();
-        let mut headers = vec![("content-length", len.as_str())];
+        let n = part_number.to_string();
+        let len = size.map(|s| s.to_string());
+        let mut headers: Vec<(&str, &str)> = len.iter().map(|l| ("content-length", l.as_str())).collect();
         let mut to_send = BTreeMap::new();
         if let Some(md5) = content_md5 {
             headers.push(("content-md5", md5));
             to_send.insert("content-md5".to_owned(), md5.to_owned());
         }
         let url = if upload.parts_as_objects {
-            self.sign(Method::Put, Some(&self.part_object_key(upload, span.part_number)), &[], &headers, ttl)
+            self.sign(Method::Put, Some(&self.part_object_key(upload, part_number)), &[], &headers, ttl)
         } else {
             let query = [("partNumber", n.as_str()), ("uploadId", upload.store_id.as_str())];
             self.sign(Method::Put, Some(&s3_key), &query, &headers, ttl)
@@ -789,7 +791,7 @@ impl Store for S3Store {
         if upload.parts_as_objects && self.head(&self.open_marker_key(upload)).await?.is_none() {
             return Err(StoreError::NoSuchUpload);
         }
-        let Some(direct) = self.presign_part(upload, span, None, REQUEST_TTL) else {
+        let Some(direct) = self.presign_part(upload, span.part_number, Some(span.size), None, REQUEST_TTL) else {
             return Err(StoreError::ReservedKey(upload.key.clone()));
         };
         let why = Arc::new(Mutex::new(None));

@@ -9,7 +9,7 @@ mod s3_servers;
 use bytes::Bytes;
 use ferry_core::api::PartInfo;
 use ferry_core::plan::{Limits, PartSpan};
-use ferry_store::{ByteStream, Condition, FsStore, ObjectMeta, Store, StoreError};
+use ferry_store::{ByteStream, Condition, FsStore, MultipartOptions, ObjectMeta, Store, StoreError};
 use futures_util::StreamExt;
 use s3_servers::{Kind, S3Server};
 use sha2::{Digest, Sha256};
@@ -59,14 +59,16 @@ async fn try_read(stream: ByteStream) -> Result<Vec<u8>, std::io::Error> {
     Ok(out)
 }
 
-/// With `readable`, uploads are created so their parts can be read before completion, and are.
-async fn suite(store: &dyn Store, readable: bool) {
+/// Every upload is created with `options`: with `readable_parts` the parts must be readable before
+/// completion; with `unknown_sizes` they are laid end to end only at complete.
+async fn suite(store: &dyn Store, options: MultipartOptions) {
+    let readable = options.readable_parts;
     // Part 1 at the store's minimum part size, part 2 a shorter last part.
     let first = store.limits().min_part_size as usize;
     let total = (first + 30_000) as u64;
     let a: Vec<u8> = (0..first).map(|i| (i % 251) as u8).collect();
     let b = vec![2u8; 30_000];
-    let up1 = store.create_multipart("up1", "k/obj", &ObjectMeta::default(), readable).await.unwrap();
+    let up1 = store.create_multipart("up1", "k/obj", &ObjectMeta::default(), options).await.unwrap();
     assert!(store.list_parts(&up1).await.unwrap().is_empty());
     let s1 = sp(1, 0, first as u64);
     let s2 = sp(2, first as u64, 30_000);
@@ -144,7 +146,7 @@ async fn suite(store: &dyn Store, readable: bool) {
     // A reader opened before the key is replaced gives its own version or fails; never the new
     // bytes, never a mix.
     let old_reader = store.open_object("k/obj").await.unwrap();
-    let up2 = store.create_multipart("up2", "k/obj", &ObjectMeta::default(), readable).await.unwrap();
+    let up2 = store.create_multipart("up2", "k/obj", &ObjectMeta::default(), options).await.unwrap();
     let q = store.put_part(&up2, sp(1, 0, 5), body(b"hello")).await.unwrap();
     let info2 = store.complete_multipart(&up2, &[q], None, ObjectMeta::default()).await.unwrap();
     assert_eq!(info2.size, 5);
@@ -156,7 +158,7 @@ async fn suite(store: &dyn Store, readable: bool) {
     assert_eq!(read_all(store, "k/obj", 0, 5).await, b"hello");
 
     // Listing filters by prefix.
-    let up3 = store.create_multipart("up3", "k2", &ObjectMeta::default(), readable).await.unwrap();
+    let up3 = store.create_multipart("up3", "k2", &ObjectMeta::default(), options).await.unwrap();
     let r = store.put_part(&up3, sp(1, 0, 1), body(b"x")).await.unwrap();
     store.complete_multipart(&up3, &[r], None, ObjectMeta::default()).await.unwrap();
     let keys: Vec<String> = store.list_objects("k/").await.unwrap().into_iter().map(|o| o.key).collect();
@@ -167,7 +169,7 @@ async fn suite(store: &dyn Store, readable: bool) {
     assert!(matches!(store.head_object("k2").await, Err(StoreError::NoSuchObject)));
 
     // Abort (cancel, expiry) is idempotent, removes the parts, and nothing can be added after it.
-    let up4 = store.create_multipart("up4", "k/aborted", &ObjectMeta::default(), readable).await.unwrap();
+    let up4 = store.create_multipart("up4", "k/aborted", &ObjectMeta::default(), options).await.unwrap();
     store.put_part(&up4, sp(1, 0, 3), body(b"abc")).await.unwrap();
     store.abort_multipart(&up4).await.unwrap();
     store.abort_multipart(&up4).await.unwrap();
@@ -210,15 +212,20 @@ async fn suite(store: &dyn Store, readable: bool) {
 async fn fs_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path(), Limits::EMBEDDED).unwrap();
-    suite(&store, true).await;
+    suite(&store, MultipartOptions { readable_parts: true, unknown_sizes: false }).await;
+    // Parts of an upload of unknown size, each in a file of its own until complete.
+    let separate = tempfile::tempdir().unwrap();
+    let unknown = FsStore::open(separate.path(), Limits::EMBEDDED).unwrap();
+    suite(&unknown, MultipartOptions { readable_parts: true, unknown_sizes: true }).await;
+    assert_eq!(std::fs::read_dir(separate.path().join("tmp")).unwrap().count(), 0, "no temp file is left behind");
     // `a` and `a/b` can both be keys here (not on `s3s-fs`, which keeps objects as files).
-    let up = store.create_multipart("u", "k/obj/x", &ObjectMeta::default(), false).await.unwrap();
+    let up = store.create_multipart("u", "k/obj/x", &ObjectMeta::default(), MultipartOptions::default()).await.unwrap();
     let p = store.put_part(&up, sp(1, 0, 1), body(b"x")).await.unwrap();
     store.complete_multipart(&up, &[p], None, ObjectMeta::default()).await.unwrap();
     assert_eq!(read_all(&store, "k/obj/x", 0, 1).await, b"x");
     assert_eq!(store.head_object("k/obj").await.unwrap().size, 5);
     assert!(matches!(
-        store.create_multipart("../escape", "k", &ObjectMeta::default(), false).await,
+        store.create_multipart("../escape", "k", &ObjectMeta::default(), MultipartOptions::default()).await,
         Err(StoreError::InvalidName(_))
     ));
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "no temp file is left behind");
@@ -228,17 +235,19 @@ async fn s3_suite(kind: Kind) {
     let server = S3Server::start(kind);
     let store = server.store("conformance");
     store.check().await.unwrap();
-    suite(&store, false).await;
+    suite(&store, MultipartOptions::default()).await;
     // Everything stays under the prefix, and clients cannot reach the store's records.
     let keys: Vec<String> = server.store("").list_objects("").await.unwrap().into_iter().map(|o| o.key).collect();
     assert!(keys.contains(&"conformance/k/obj".to_owned()), "{keys:?}");
     assert!(keys.iter().all(|k| k.starts_with("conformance/")), "{keys:?}");
     assert!(matches!(
-        store.create_multipart("x", ".ferry/records/sessions/s2.json", &ObjectMeta::default(), false).await,
+        store.create_multipart("x", ".ferry/records/sessions/s2.json", &ObjectMeta::default(), MultipartOptions::default()).await,
         Err(StoreError::ReservedKey(_))
     ));
     // Parts kept as objects (for per-part processing), assembled by server-side copies.
-    suite(&server.store("readable"), true).await;
+    suite(&server.store("readable"), MultipartOptions { readable_parts: true, unknown_sizes: false }).await;
+    // Parts of unknown size: URLs that bind no length.
+    suite(&server.store("unknown"), MultipartOptions { readable_parts: false, unknown_sizes: true }).await;
 }
 
 #[tokio::test]
@@ -272,7 +281,7 @@ async fn s3_store_refuses_wrong_credentials_and_missing_buckets() {
 async fn fs_store_sweeps_temp_files_and_ignores_damaged_parts_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path(), Limits::EMBEDDED).unwrap();
-    let u = store.create_multipart("u", "k", &ObjectMeta::default(), false).await.unwrap();
+    let u = store.create_multipart("u", "k", &ObjectMeta::default(), MultipartOptions::default()).await.unwrap();
     store.put_part(&u, sp(1, 0, 3), body(b"abc")).await.unwrap();
     std::fs::write(dir.path().join("tmp").join("debris"), b"half a part").unwrap();
     std::fs::write(dir.path().join("uploads").join("u").join("00002.part"), b"no trailer").unwrap();

@@ -1,11 +1,14 @@
 //! The HTTP surface: one module per route family. Handlers decode, authorize, call the session
 //! domain and encode — nothing else.
 
+mod cors;
 mod events;
 mod objects;
 mod ops;
 mod parts;
 mod uploads;
+mod uppy;
+mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,17 +33,23 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(events::routes())
         .merge(objects::api_routes())
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), crate::auth::require_bearer));
+    let uppy =
+        uppy::routes().route_layer(middleware::from_fn_with_state(Arc::clone(&state), crate::auth::require_bearer));
     Router::new()
         .nest("/v1", v1)
+        .merge(uppy)
+        .merge(uppy::form_routes())
         .merge(parts::signed_routes())
         .merge(objects::signed_routes())
         .merge(ops::routes())
+        .merge(web::routes())
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.config.max_json_bytes))
         .layer(middleware::from_fn_with_state(Arc::new(Semaphore::new(state.config.max_requests)), shed_load))
         .layer(middleware::from_fn(close_after_refusal))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), cors::cors))
         .with_state(state)
 }
 
@@ -92,6 +101,19 @@ pub(crate) fn part_body(body: Body, metrics: Metrics, idle: Duration) -> ByteStr
             }
         }
     }))
+}
+
+/// `len` bytes of `file` from `offset`, as a store body.
+pub(crate) fn file_range(file: std::fs::File, offset: u64, len: u64) -> ByteStream {
+    use std::io::{Seek, SeekFrom};
+    let mut file = file;
+    match file.seek(SeekFrom::Start(offset)) {
+        Ok(_) => {
+            let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
+            Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024))
+        }
+        Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+    }
 }
 
 /// The answer to a part PUT: its ETag as a header and the part as JSON.

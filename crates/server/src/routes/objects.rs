@@ -22,7 +22,8 @@ use crate::error::ApiError;
 use crate::extract::{Path, Query};
 
 /// Percent-encodes everything but unreserved characters and `/`, which separates key segments.
-const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+pub(super) const KEY_SEGMENT: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
 
 pub(super) fn api_routes() -> Router<Arc<AppState>> {
     Router::new().route("/objects/{*key}", get(get_object).post(sign_object))
