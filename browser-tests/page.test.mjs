@@ -199,3 +199,40 @@ test("when the store's URLs cannot be reached, parts go through the API, and the
     await server.stop();
   }
 });
+
+test("pause stops sending, resume carries on, and the download link gives the object back", async () => {
+  const server = await startServer();
+  const ctx = await chrome.newContext({ acceptDownloads: true });
+  try {
+    const page = await openPage(ctx, server);
+    await throttleParts(page, 300);
+    const file = await randomFile(dir, "paused.bin", 40 * MIB);
+    await page.setInputFiles("#files", file.path);
+    const upload = await until(async () => {
+      const list = (await api(server, "/uploads?state=uploading")).body.uploads;
+      return list.find((u) => u.key === "paused.bin");
+    }, 30_000, "the upload to be created");
+    await until(async () => (await api(server, `/uploads/${upload.upload_id}`)).body.parts.length >= 1, 60_000, "a part stored");
+    await page.click("#queue li .pause");
+    await until(async () => (await page.$eval("#queue li", (e) => e.dataset.state)) === "paused", 10_000, "paused");
+    const sentWhilePaused = [];
+    page.on("request", (r) => { if (r.method() === "PUT") sentWhilePaused.push(r.url()); });
+    const heldAtPause = (await api(server, `/uploads/${upload.upload_id}`)).body.parts.length;
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.deepEqual(sentWhilePaused, [], "nothing is sent while paused");
+    await page.click("#queue li .resume");
+    await until(async () => (await completedRows(page)).length === 1, 120_000, "the upload to finish");
+    const st = (await api(server, `/uploads/${upload.upload_id}`)).body;
+    assert.equal(st.result.sha256, file.sha256);
+    assert.ok(sentWhilePaused.length <= st.part_count - heldAtPause + 4, "resumed, not restarted");
+
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#done-list a")]);
+    const saved = await download.path();
+    const { createHash } = await import("node:crypto");
+    const { readFileSync } = await import("node:fs");
+    assert.equal(createHash("sha256").update(readFileSync(saved)).digest("hex"), file.sha256);
+  } finally {
+    await ctx.close();
+    await server.stop();
+  }
+});

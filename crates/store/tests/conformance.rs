@@ -241,7 +241,14 @@ async fn s3_suite(kind: Kind) {
     assert!(keys.contains(&"conformance/k/obj".to_owned()), "{keys:?}");
     assert!(keys.iter().all(|k| k.starts_with("conformance/")), "{keys:?}");
     assert!(matches!(
-        store.create_multipart("x", ".ferry/records/sessions/s2.json", &ObjectMeta::default(), MultipartOptions::default()).await,
+        store
+            .create_multipart(
+                "x",
+                ".ferry/records/sessions/s2.json",
+                &ObjectMeta::default(),
+                MultipartOptions::default()
+            )
+            .await,
         Err(StoreError::ReservedKey(_))
     ));
     // Parts kept as objects (for per-part processing), assembled by server-side copies.
