@@ -120,6 +120,15 @@ pub struct ServeArgs {
     #[arg(long = "cors-origin", env = "FERRY_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
 
+    /// A token that admits peers to one signaling room (`/v1/signal`) besides the server's own:
+    /// ROOM=TOKEN (repeatable).
+    #[arg(long = "room-token", value_name = "ROOM=TOKEN")]
+    room_tokens: Vec<String>,
+
+    /// Signaling messages a connection may send per second; more closes it.
+    #[arg(long, env = "FERRY_SIGNAL_RATE", default_value = "100")]
+    signal_rate: u32,
+
     /// Signs webhook deliveries (HMAC-SHA256); without it, uploads cannot ask for a webhook.
     #[arg(long, env = "FERRY_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
@@ -234,6 +243,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.processing_timeout = args.processing_timeout;
     config.events_idle_timeout = args.events_idle_timeout;
     config.events_keepalive = args.events_keepalive;
+    for entry in &args.room_tokens {
+        let (room, token) = entry
+            .split_once('=')
+            .filter(|(r, t)| ferry_core::signal::valid_room(r) && !t.is_empty())
+            .with_context(|| format!("--room-token {entry:?} is not ROOM=TOKEN"))?;
+        config.room_tokens.entry(room.to_owned()).or_default().push(token.to_owned());
+    }
+    if args.signal_rate == 0 {
+        bail!("--signal-rate must be at least 1");
+    }
+    config.signal_rate = args.signal_rate;
     config.cors_origins =
         args.cors_origins.iter().map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect();
     if args.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {

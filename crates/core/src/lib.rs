@@ -2,8 +2,10 @@
 //!
 //! The logic of ferry that does not touch the world: how a file is cut into parts within a
 //! backend's limits ([`plan`]), which object keys are acceptable ([`key`]), how an HTTP `Range`
-//! header is read ([`range`]), how part and object URLs are signed and checked ([`sign`]), and the
-//! JSON shapes of the control-plane API ([`api`]) and its event stream ([`events`]).
+//! header is read ([`range`]), how part and object URLs are signed and checked ([`sign`]), the
+//! JSON shapes of the control-plane API ([`api`]) and its event stream ([`events`]), the
+//! data-channel framing and reassembly of seed 004 ([`frames`]), and the signaling rooms
+//! ([`signal`]).
 //!
 //! This crate must not do I/O, spawn tasks or read the clock: time is always an argument. That is
 //! what lets every rule here be tested exhaustively and fuzzed, and lets the server, the client and
@@ -11,10 +13,13 @@
 
 pub mod api;
 pub mod events;
+pub mod frames;
 pub mod key;
 pub mod plan;
 pub mod range;
+pub mod rate;
 pub mod resume;
 pub mod schedule;
 pub mod sign;
+pub mod signal;
 pub mod units;

@@ -40,6 +40,14 @@ pub struct ServerConfig {
     /// How often an idle event stream sends a keep-alive comment.
     pub events_keepalive: Duration,
     pub webhooks: WebhookConfig,
+    /// Rooms of `/v1/signal` that take tokens of their own (besides the server's), by room.
+    pub room_tokens: BTreeMap<String, Vec<String>>,
+    /// Largest signaling message.
+    pub signal_max_message: usize,
+    /// Signaling messages a connection may send per second.
+    pub signal_rate: u32,
+    /// Peers a signaling room may hold.
+    pub max_room_peers: usize,
     /// Origins whose browser apps may call this server (`*` for any); empty: same origin only.
     pub cors_origins: Vec<String>,
 }
@@ -64,6 +72,10 @@ impl ServerConfig {
             events_keepalive: Duration::from_secs(15),
             webhooks: WebhookConfig::default(),
             cors_origins: Vec::new(),
+            room_tokens: BTreeMap::new(),
+            signal_max_message: 64 * 1024,
+            signal_rate: 100,
+            max_room_peers: 64,
         }
     }
 }

@@ -50,6 +50,7 @@ pub(crate) struct AppState {
     pub metrics: metrics::Metrics,
     /// Cancelled when the server starts shutting down, so long-lived responses (event streams) end.
     pub shutdown: tokio_util::sync::CancellationToken,
+    pub signal: routes::signal::Hub,
 }
 
 /// A server ready to accept connections.
@@ -95,7 +96,13 @@ impl Server {
     fn assemble(config: ServerConfig, store: Arc<dyn Store>, secret: Vec<u8>, tokens: Vec<String>) -> Server {
         let metrics = metrics::Metrics::new();
         let sessions = Arc::new(sessions::Sessions::new(store, config.clone(), metrics.clone()));
+        let admission = ferry_core::signal::Admission {
+            server_tokens: tokens.clone(),
+            room_tokens: config.room_tokens.clone(),
+            max_peers_per_room: config.max_room_peers,
+        };
         let state = AppState {
+            signal: routes::signal::Hub::new(admission),
             config,
             tokens,
             signer: Signer::new(secret),

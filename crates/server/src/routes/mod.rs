@@ -6,6 +6,7 @@ mod events;
 mod objects;
 mod ops;
 mod parts;
+pub(crate) mod signal;
 mod uploads;
 mod uppy;
 mod web;
@@ -32,7 +33,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(uploads::routes())
         .merge(events::routes())
         .merge(objects::api_routes())
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), crate::auth::require_bearer));
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), crate::auth::require_bearer))
+        // After the bearer layer: a WebSocket from a browser cannot carry the header, so the
+        // token travels in its `join` message.
+        .merge(signal::routes());
     let uppy =
         uppy::routes().route_layer(middleware::from_fn_with_state(Arc::clone(&state), crate::auth::require_bearer));
     Router::new()

@@ -1,0 +1,147 @@
+//! `/v1/signal`: the WebSocket peers use to find each other and exchange SDP, ICE candidates and
+//! application messages (the protocol and its rules are [`ferry_core::signal`]).
+//!
+//! The upgrade needs no bearer header (browsers cannot send one on a WebSocket): the `join`
+//! message carries the token, the server's or one the room was given with `--room-token`. Each
+//! connection may send messages of up to `signal_max_message` bytes, at most `signal_rate` a
+//! second; more closes it. A peer whose outgoing queue fills up (it stopped reading) is dropped,
+//! so one slow peer cannot grow the server's memory. A peer that vanishes without a close is found
+//! by the pings the server sends, and the others are told it left.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use ferry_core::rate::Window;
+use ferry_core::signal::{Admission, Conn, Delivery, Inbound, Outbound, Rooms};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::mpsc;
+
+use crate::AppState;
+
+/// Messages queued for one peer before it counts as not reading.
+const QUEUE: usize = 256;
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// Bad messages a peer may send before it is disconnected.
+const MAX_ERRORS: u32 = 20;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/signal", get(upgrade))
+}
+
+/// The rooms and the connections' outgoing queues.
+pub struct Hub {
+    rooms: Mutex<Rooms>,
+    queues: Mutex<HashMap<Conn, mpsc::Sender<Outbound>>>,
+    next: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(admission: Admission) -> Hub {
+        Hub { rooms: Mutex::new(Rooms::new(admission)), queues: Mutex::new(HashMap::new()), next: AtomicU64::new(1) }
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues each delivery; a connection whose queue is full is cut off (its reader sees the
+    /// queue closed and leaves).
+    fn deliver(&self, deliveries: Vec<Delivery>) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for (conn, msg) in deliveries {
+            let full = queues.get(&conn).is_some_and(|q| q.try_send(msg).is_err());
+            if full {
+                tracing::info!(conn, "dropping a signaling peer that stopped reading");
+                queues.remove(&conn);
+            }
+        }
+    }
+}
+
+async fn upgrade(State(st): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+    let max = st.config.signal_max_message;
+    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| serve(st, socket))
+}
+
+async fn serve(st: Arc<AppState>, socket: WebSocket) {
+    let hub = &st.signal;
+    let conn = hub.next.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Outbound>(QUEUE);
+    hub.queues.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, tx);
+    let (mut sink, mut stream) = socket.split();
+    let mut rate = Window::new(st.config.signal_rate, Duration::from_secs(1));
+    let mut errors = 0;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut pong_due: Option<Instant> = None;
+    let close = loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(out) = out else { break Some((1008, "not reading")) };
+                let text = serde_json::to_string(&out).unwrap_or_default();
+                if sink.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                    break None;
+                }
+            }
+            _ = ping.tick() => {
+                if pong_due.is_some_and(|due| Instant::now() > due) {
+                    break Some((1001, "no answer to pings"));
+                }
+                pong_due.get_or_insert(Instant::now() + 2 * PING_EVERY);
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+            _ = st.shutdown.cancelled() => break Some((1001, "the server is stopping")),
+            msg = stream.next() => {
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    // Closed, reset, or a message over the size limit.
+                    Some(Err(_)) | None => break None,
+                };
+                let text = match msg {
+                    Message::Text(t) => t,
+                    Message::Pong(_) => {
+                        pong_due = None;
+                        continue;
+                    }
+                    Message::Close(_) => break None,
+                    Message::Ping(_) => continue,
+                    Message::Binary(_) => {
+                        hub.deliver(vec![(conn, Outbound::error("invalid_message", "signaling messages are JSON text"))]);
+                        errors += 1;
+                        if errors > MAX_ERRORS { break Some((1008, "too many bad messages")) }
+                        continue;
+                    }
+                };
+                if !rate.hit(Instant::now()) {
+                    break Some((1008, "too many messages"));
+                }
+                match serde_json::from_str::<Inbound>(&text) {
+                    Ok(inbound) => {
+                        let deliveries = hub.rooms().handle(conn, inbound);
+                        hub.deliver(deliveries);
+                    }
+                    Err(e) => {
+                        hub.deliver(vec![(conn, Outbound::error("invalid_message", format!("not a signaling message: {e}")))]);
+                        errors += 1;
+                        if errors > MAX_ERRORS { break Some((1008, "too many bad messages")) }
+                    }
+                }
+            }
+        }
+    };
+    hub.queues.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
+    let left = hub.rooms().leave(conn);
+    hub.deliver(left);
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
+}
