@@ -92,22 +92,16 @@ const PASSED_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER
 pub struct Runner {
     slots: Semaphore,
     timeout: Duration,
-    tokens: Mutex<HashMap<String, CancellationToken>>,
-    /// Runs queued or running, by upload.
-    pending: Arc<Mutex<HashMap<String, usize>>>,
+    /// Runs queued or running, and their cancel token, by upload; an upload leaves the map when
+    /// its last run ends, so the map holds only uploads with work.
+    work: Arc<Mutex<HashMap<String, Work>>>,
     /// Process groups of the runs under way.
     groups: Mutex<std::collections::HashSet<i32>>,
 }
 
 impl Runner {
     pub fn new(concurrency: usize, timeout: Duration) -> Runner {
-        Runner {
-            slots: Semaphore::new(concurrency.max(1)),
-            timeout,
-            tokens: Mutex::new(HashMap::new()),
-            pending: Arc::default(),
-            groups: Mutex::default(),
-        }
+        Runner { slots: Semaphore::new(concurrency.max(1)), timeout, work: Arc::default(), groups: Mutex::default() }
     }
 
     /// Kills every run under way, with everything it started (the server is stopping).
@@ -119,23 +113,26 @@ impl Runner {
 
     /// Counts a run of the upload as pending until the guard is dropped.
     pub fn track(&self, upload_id: &str) -> Pending {
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()).entry(upload_id.to_owned()).or_default() += 1;
-        Pending { upload_id: upload_id.to_owned(), pending: Arc::clone(&self.pending) }
+        self.work.lock().unwrap_or_else(|p| p.into_inner()).entry(upload_id.to_owned()).or_default().runs += 1;
+        Pending { upload_id: upload_id.to_owned(), work: Arc::clone(&self.work) }
     }
 
     /// Whether a run of the upload is queued or running.
     pub fn busy(&self, upload_id: &str) -> bool {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).contains_key(upload_id)
+        self.work.lock().unwrap_or_else(|p| p.into_inner()).contains_key(upload_id)
     }
 
     fn token(&self, upload_id: &str) -> CancellationToken {
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.entry(upload_id.to_owned()).or_default().clone()
+        let mut work = self.work.lock().unwrap_or_else(|p| p.into_inner());
+        work.entry(upload_id.to_owned()).or_default().token.clone()
     }
 
-    /// Stops every run of the upload, queued or running, now and later.
+    /// Stops every run of the upload, queued or running. (A run that starts later finds the
+    /// upload cancelled when it reads its session.)
     pub fn cancel(&self, upload_id: &str) {
-        self.token(upload_id).cancel();
+        if let Some(w) = self.work.lock().unwrap_or_else(|p| p.into_inner()).get(upload_id) {
+            w.token.cancel();
+        }
     }
 
     /// Waits for a free slot; `None` if the upload is cancelled first.
@@ -274,18 +271,24 @@ impl Drop for Forget<'_> {
     }
 }
 
+#[derive(Default)]
+struct Work {
+    runs: usize,
+    token: CancellationToken,
+}
+
 /// A run queued or running; see [`Runner::track`].
 pub struct Pending {
     upload_id: String,
-    pending: Arc<Mutex<HashMap<String, usize>>>,
+    work: Arc<Mutex<HashMap<String, Work>>>,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let mut map = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.upload_id) {
-            *n -= 1;
-            if *n == 0 {
+        let mut map = self.work.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = map.get_mut(&self.upload_id) {
+            w.runs = w.runs.saturating_sub(1);
+            if w.runs == 0 {
                 map.remove(&self.upload_id);
             }
         }
