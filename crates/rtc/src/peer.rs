@@ -1,0 +1,414 @@
+//! A WebRTC peer: str0m's sans-I/O `Rtc` driven by one tokio task over one UDP socket.
+//!
+//! The task owns the `Rtc` and the socket; everything else talks to it through channels.
+//! [`Peer::offer`] / [`Peer::answer`] do the SDP exchange (the caller carries the SDP over
+//! signaling or HTTP); once connected, data channels appear as [`DataChannel`]s: `send` waits
+//! while the channel's buffered amount is above the high-water mark (backpressure, so a sender's
+//! memory stays bounded whatever the file size), `recv` yields messages in order.
+//!
+//! The socket is bound to an explicit address (127.0.0.1 by default), which is also the one host
+//! candidate offered: a wildcard bind would leave loopback out, and tests keep every packet on
+//! loopback.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// Above this many bytes buffered in a channel, `send` waits.
+pub const HIGH_WATER: usize = 1024 * 1024;
+/// `send` resumes once the buffered amount falls below this.
+pub const LOW_WATER: usize = 512 * 1024;
+/// Messages a channel holds for a reader that has not taken them yet.
+const INBOX: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("the UDP socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("WebRTC: {0}")]
+    Rtc(#[from] RtcError),
+    #[error("the SDP is not usable: {0}")]
+    Sdp(String),
+    #[error("the peer connection is closed")]
+    Closed,
+    #[error("the message of {size} bytes is larger than the channel allows")]
+    TooLarge { size: usize },
+}
+
+/// How to set a peer up.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The address to bind and offer as the host candidate.
+    pub bind: IpAddr,
+}
+
+impl Default for PeerConfig {
+    fn default() -> PeerConfig {
+        PeerConfig { bind: IpAddr::V4(Ipv4Addr::LOCALHOST) }
+    }
+}
+
+/// A browser-shaped session description, `{"type":"offer","sdp":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Description {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub sdp: String,
+}
+
+enum Command {
+    Open { label: String, reply: oneshot::Sender<DataChannel> },
+    Write { id: ChannelId, binary: bool, data: Vec<u8>, reply: oneshot::Sender<Result<(), PeerError>> },
+    Answer { pending: SdpPendingOffer, answer: SdpAnswer, reply: oneshot::Sender<Result<(), PeerError>> },
+    Close,
+}
+
+/// One message received on a data channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub binary: bool,
+    pub data: Vec<u8>,
+}
+
+/// An open data channel.
+pub struct DataChannel {
+    id: ChannelId,
+    label: String,
+    commands: mpsc::Sender<Command>,
+    inbox: mpsc::Receiver<Message>,
+}
+
+impl DataChannel {
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Sends one message, waiting while the channel is above its high-water mark.
+    pub async fn send(&self, binary: bool, data: Vec<u8>) -> Result<(), PeerError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Write { id: self.id, binary, data, reply }).await.map_err(|_| PeerError::Closed)?;
+        answer.await.map_err(|_| PeerError::Closed)?
+    }
+
+    /// The next message; `None` once the channel or the connection is closed.
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.inbox.recv().await
+    }
+
+    /// A handle that sends on this channel (the receiving side stays here).
+    pub fn sender(&self) -> ChannelSender {
+        ChannelSender { id: self.id, commands: self.commands.clone() }
+    }
+}
+
+/// Sends on a channel from another task.
+#[derive(Clone)]
+pub struct ChannelSender {
+    id: ChannelId,
+    commands: mpsc::Sender<Command>,
+}
+
+impl ChannelSender {
+    pub async fn send(&self, binary: bool, data: Vec<u8>) -> Result<(), PeerError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Write { id: self.id, binary, data, reply }).await.map_err(|_| PeerError::Closed)?;
+        answer.await.map_err(|_| PeerError::Closed)?
+    }
+}
+
+/// What the connection reports.
+pub enum PeerEvent {
+    Connected,
+    /// The remote opened a channel.
+    Channel(DataChannel),
+    Disconnected,
+}
+
+/// A peer connection; dropping it (or [`Peer::close`]) ends it.
+pub struct Peer {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<PeerEvent>,
+    local: SocketAddr,
+    pending: Option<SdpPendingOffer>,
+}
+
+impl Peer {
+    /// Starts a peer that offers, with data channels labelled `channels` (opened once connected;
+    /// they arrive as [`PeerEvent::Channel`] like remote ones). Returns the offer to send.
+    pub async fn offer(config: &PeerConfig, channels: &[&str]) -> Result<(Peer, Description), PeerError> {
+        let (mut rtc, socket) = Self::setup(config).await?;
+        let mut change = rtc.sdp_api();
+        for label in channels {
+            change.add_channel((*label).to_owned());
+        }
+        let (offer, pending) = change.apply().ok_or_else(|| PeerError::Sdp("nothing to offer".into()))?;
+        let description = Description { kind: "offer".into(), sdp: offer.to_sdp_string() };
+        let mut peer = Self::spawn(rtc, socket)?;
+        peer.pending = Some(pending);
+        Ok((peer, description))
+    }
+
+    /// Starts a peer that answers `offer`. Returns the answer to send back.
+    pub async fn answer(config: &PeerConfig, offer: &Description) -> Result<(Peer, Description), PeerError> {
+        if offer.kind != "offer" {
+            return Err(PeerError::Sdp(format!("expected an offer, not {:?}", offer.kind)));
+        }
+        let offer = SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
+        let (mut rtc, socket) = Self::setup(config).await?;
+        let answer = rtc.sdp_api().accept_offer(offer)?;
+        let description = Description { kind: "answer".into(), sdp: answer.to_sdp_string() };
+        Ok((Self::spawn(rtc, socket)?, description))
+    }
+
+    /// Completes an offer with the remote's answer.
+    pub async fn accept_answer(&mut self, answer: &Description) -> Result<(), PeerError> {
+        if answer.kind != "answer" {
+            return Err(PeerError::Sdp(format!("expected an answer, not {:?}", answer.kind)));
+        }
+        let answer = SdpAnswer::from_sdp_string(&answer.sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
+        let pending = self.pending.take().ok_or_else(|| PeerError::Sdp("this peer made no offer".into()))?;
+        let (reply, done) = oneshot::channel();
+        self.commands.send(Command::Answer { pending, answer, reply }).await.map_err(|_| PeerError::Closed)?;
+        done.await.map_err(|_| PeerError::Closed)?
+    }
+
+    /// Opens a data channel on a connected peer.
+    pub async fn open(&self, label: &str) -> Result<DataChannel, PeerError> {
+        let (reply, opened) = oneshot::channel();
+        self.commands.send(Command::Open { label: label.to_owned(), reply }).await.map_err(|_| PeerError::Closed)?;
+        opened.await.map_err(|_| PeerError::Closed)
+    }
+
+    /// The next connection event; `None` once the peer has stopped.
+    pub async fn next_event(&mut self) -> Option<PeerEvent> {
+        self.events.recv().await
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub async fn close(&self) {
+        let _ = self.commands.send(Command::Close).await;
+    }
+
+    async fn setup(config: &PeerConfig) -> Result<(Rtc, UdpSocket), PeerError> {
+        let socket = UdpSocket::bind(SocketAddr::new(config.bind, 0)).await?;
+        let local = socket.local_addr()?;
+        // str0m buffers 128 KiB by default; room for the high-water mark and one more message.
+        let mut rtc = Rtc::builder().set_sctp_max_buffered_amount(HIGH_WATER + 256 * 1024).build(Instant::now());
+        let candidate = Candidate::host(local, "udp").map_err(|e| PeerError::Sdp(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        Ok((rtc, socket))
+    }
+
+    fn spawn(rtc: Rtc, socket: UdpSocket) -> Result<Peer, PeerError> {
+        let local = socket.local_addr()?;
+        let (commands, command_rx) = mpsc::channel(64);
+        let (event_tx, events) = mpsc::channel(64);
+        let driver = Driver {
+            rtc,
+            socket,
+            local,
+            commands: commands.clone(),
+            events: event_tx,
+            inboxes: HashMap::new(),
+            waiting: HashMap::new(),
+            opening: Vec::new(),
+            deliveries: Vec::new(),
+        };
+        tokio::spawn(driver.run(command_rx));
+        Ok(Peer { commands, events, local, pending: None })
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.commands.try_send(Command::Close);
+    }
+}
+
+/// A message waiting to be written: binary or text, its bytes, and who to tell.
+type Write = (bool, Vec<u8>, oneshot::Sender<Result<(), PeerError>>);
+
+/// The task that owns the `Rtc`.
+struct Driver {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Sender<PeerEvent>,
+    inboxes: HashMap<ChannelId, mpsc::Sender<Message>>,
+    /// Writes held back by backpressure, per channel, answered once written.
+    waiting: HashMap<ChannelId, std::collections::VecDeque<Write>>,
+    /// Channels this side asked to open, waiting for their `ChannelOpen`.
+    opening: Vec<(String, oneshot::Sender<DataChannel>)>,
+    /// Messages received and not yet handed to their channel's reader.
+    deliveries: Vec<(mpsc::Sender<Message>, Message)>,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; 2000];
+        loop {
+            let timeout = self.drain();
+            // A reader that falls behind holds the connection up, not the server's memory: no
+            // packet is read until its messages are taken (the sender then backs off).
+            for (inbox, message) in std::mem::take(&mut self.deliveries) {
+                let _ = inbox.send(message).await;
+            }
+            let timeout = match timeout {
+                Ok(Some(t)) => t,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "peer connection failed");
+                    let _ = self.events.send(PeerEvent::Disconnected).await;
+                    return;
+                }
+            };
+            let sleep = tokio::time::sleep_until(timeout.into());
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => {
+                    let Ok((n, source)) = received else { continue };
+                    let Ok(contents) = buf[..n].try_into() else { continue };
+                    let input = Input::Receive(Instant::now(), Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: self.local,
+                        contents,
+                    });
+                    if self.rtc.accepts(&input) && let Err(e) = self.rtc.handle_input(input) {
+                        tracing::debug!(error = %e, "dropping a packet");
+                    }
+                }
+                command = commands.recv() => match command {
+                    None | Some(Command::Close) => {
+                        self.rtc.disconnect();
+                        let _ = self.drain();
+                        return;
+                    }
+                    Some(c) => self.command(c),
+                },
+                _ = sleep => {
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+                        tracing::debug!(error = %e, "timeout handling failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Open { label, reply } => {
+                let mut change = self.rtc.sdp_api();
+                change.add_channel(label.clone());
+                // On an established connection a new channel needs no renegotiation in str0m
+                // when SCTP is up: it is opened in-band (DCEP).
+                let _ = change.apply();
+                self.opening.push((label, reply));
+            }
+            Command::Write { id, binary, data, reply } => {
+                let queue = self.waiting.entry(id).or_default();
+                queue.push_back((binary, data, reply));
+                self.flush(id);
+            }
+            Command::Answer { pending, answer, reply } => {
+                let _ = reply.send(self.rtc.sdp_api().accept_answer(pending, answer).map_err(PeerError::Rtc));
+            }
+            Command::Close => {}
+        }
+    }
+
+    /// Writes what is waiting on channel `id` while it is under the high-water mark.
+    fn flush(&mut self, id: ChannelId) {
+        let Some(queue) = self.waiting.get_mut(&id) else { return };
+        let Some(mut channel) = self.rtc.channel(id) else {
+            for (_, _, reply) in queue.drain(..) {
+                let _ = reply.send(Err(PeerError::Closed));
+            }
+            return;
+        };
+        while channel.buffered_amount() < HIGH_WATER {
+            let Some((binary, data, reply)) = queue.pop_front() else { break };
+            match channel.write(binary, &data) {
+                Ok(true) => {
+                    let _ = reply.send(Ok(()));
+                }
+                // Not accepted even with nothing buffered: it can never be.
+                Ok(false) if channel.buffered_amount() == 0 => {
+                    let _ = reply.send(Err(PeerError::TooLarge { size: data.len() }));
+                }
+                Ok(false) => {
+                    queue.push_front((binary, data, reply));
+                    break;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(PeerError::Rtc(e)));
+                }
+            }
+        }
+        // Wake up (ChannelBufferedAmountLow) once what is buffered now has half drained.
+        let buffered = channel.buffered_amount();
+        channel.set_buffered_amount_low_threshold(LOW_WATER.min(buffered / 2));
+    }
+
+    /// Sends what the `Rtc` wants sent and hands out its events; returns when it next needs a
+    /// timeout, or `None` once it has stopped.
+    fn drain(&mut self) -> Result<Option<Instant>, RtcError> {
+        loop {
+            if !self.rtc.is_alive() {
+                let _ = self.events.try_send(PeerEvent::Disconnected);
+                return Ok(None);
+            }
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => return Ok(Some(t)),
+                Output::Transmit(t) => {
+                    // UDP drops are what the protocol is built for.
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Output::Event(e) => self.event(e),
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::IceConnectionStateChange(IceConnectionState::Connected) => {
+                let _ = self.events.try_send(PeerEvent::Connected);
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                let _ = self.events.try_send(PeerEvent::Disconnected);
+            }
+            Event::ChannelOpen(id, label) => {
+                let (tx, inbox) = mpsc::channel(INBOX);
+                self.inboxes.insert(id, tx);
+                let channel = DataChannel { id, label: label.clone(), commands: self.commands.clone(), inbox };
+                if let Some(i) = self.opening.iter().position(|(l, _)| *l == label) {
+                    let (_, reply) = self.opening.remove(i);
+                    let _ = reply.send(channel);
+                } else {
+                    let _ = self.events.try_send(PeerEvent::Channel(channel));
+                }
+            }
+            Event::ChannelData(d) => {
+                if let Some(inbox) = self.inboxes.get(&d.id) {
+                    self.deliveries.push((inbox.clone(), Message { binary: d.binary, data: d.data }));
+                }
+            }
+            Event::ChannelClose(id) => {
+                self.inboxes.remove(&id);
+                self.flush(id);
+            }
+            Event::ChannelBufferedAmountLow(id) => self.flush(id),
+            _ => {}
+        }
+    }
+}
