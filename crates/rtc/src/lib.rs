@@ -1,12 +1,14 @@
 //! # ferry-rtc
 //!
 //! ferry's WebRTC side: a peer ([`peer`]) that is str0m's sans-I/O `Rtc` driven by one tokio task
-//! over one UDP socket, with data channels that apply backpressure on their buffered amount.
+//! over one UDP socket, with data channels that apply backpressure on their buffered amount, and
+//! files sent and received over them ([`transfer`]).
 //! The protocol rules (seed 004's framing, reassembly, the control messages) live in
 //! [`ferry_core::frames`]; this crate moves bytes.
 //!
 //! It must not know about HTTP, sessions or terminals.
 
 pub mod peer;
+pub mod transfer;
 
 pub use peer::{DataChannel, Description, Message, Peer, PeerConfig, PeerError, PeerEvent};

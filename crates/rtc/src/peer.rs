@@ -102,6 +102,11 @@ impl DataChannel {
         self.inbox.recv().await
     }
 
+    /// A message already received, without waiting.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.inbox.try_recv().ok()
+    }
+
     /// A handle that sends on this channel (the receiving side stays here).
     pub fn sender(&self) -> ChannelSender {
         ChannelSender { id: self.id, commands: self.commands.clone() }
@@ -290,8 +295,14 @@ impl Driver {
                 }
                 command = commands.recv() => match command {
                     None | Some(Command::Close) => {
-                        self.rtc.disconnect();
+                        // Closing the channels tells the remote at once (a stream reset); the
+                        // connection itself would only time out there.
+                        let open: Vec<ChannelId> = self.inboxes.keys().copied().collect();
+                        for id in open {
+                            self.rtc.direct_api().close_data_channel(id);
+                        }
                         let _ = self.drain();
+                        self.rtc.disconnect();
                         return;
                     }
                     Some(c) => self.command(c),
@@ -384,8 +395,12 @@ impl Driver {
             Event::IceConnectionStateChange(IceConnectionState::Connected) => {
                 let _ = self.events.try_send(PeerEvent::Connected);
             }
+            // The peer is gone (killed, or its network is): end, so readers see their channels
+            // close; a transfer carries on over a new connection.
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 let _ = self.events.try_send(PeerEvent::Disconnected);
+                self.inboxes.clear();
+                self.rtc.disconnect();
             }
             Event::ChannelOpen(id, label) => {
                 let (tx, inbox) = mpsc::channel(INBOX);
