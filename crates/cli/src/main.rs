@@ -5,6 +5,7 @@ mod admin;
 mod client;
 mod get;
 mod output;
+mod p2p;
 mod progress;
 mod put;
 mod serve;
@@ -13,7 +14,11 @@ mod watch;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Move large files reliably and fast: resumable parallel uploads over HTTP.")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Move large files reliably and fast: resumable parallel uploads over HTTP, and peer-to-peer transfers over WebRTC."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,6 +42,10 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Run an upload's part processor on one part again.
     Reprocess(admin::ReprocessArgs),
+    /// Send a file peer to peer over a WebRTC data channel (the peers meet in a signaling room).
+    Send(p2p::SendArgs),
+    /// Receive files sent with `ferry send` (or any seed-004 peer) into a directory.
+    Recv(p2p::RecvArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +74,8 @@ fn main() -> std::process::ExitCode {
             Command::Cancel(args) => admin::cancel(args).await,
             Command::Watch(args) => watch::run(args).await,
             Command::Reprocess(args) => admin::reprocess(args).await,
+            Command::Send(args) => p2p::send(args).await,
+            Command::Recv(args) => p2p::recv(args).await,
         }
     });
     match result {

@@ -9,6 +9,7 @@
 //! It must not know about HTTP, sessions or terminals.
 
 pub mod peer;
+pub mod signaling;
 pub mod transfer;
 
 pub use peer::{DataChannel, Description, Message, Peer, PeerConfig, PeerError, PeerEvent};

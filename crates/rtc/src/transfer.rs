@@ -262,6 +262,24 @@ struct Progress {
     ranges: Vec<[u32; 2]>,
 }
 
+/// What a receiver reports while it runs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReceiveEvent {
+    /// A sender announced a file (peers without a control channel announce nothing).
+    Started {
+        transfer_id: String,
+        name: String,
+        size: u64,
+        chunks: u32,
+        resumed_chunks: u64,
+    },
+    Progress {
+        received_chunks: u64,
+        chunks: u32,
+    },
+}
+
 /// A file received and verified, still in its temporary place.
 #[derive(Debug)]
 pub struct Received {
@@ -281,6 +299,7 @@ pub async fn receive(
     upload: &mut DataChannel,
     work_dir: &Path,
     limits: ReceiveLimits,
+    mut on_event: impl FnMut(ReceiveEvent),
 ) -> Result<Received, TransferError> {
     let wd = work_dir.to_owned();
     blocking(move || std::fs::create_dir_all(&wd).map_err(io(&wd))).await?;
@@ -314,6 +333,15 @@ pub async fn receive(
             };
             let ranges = state.held().spans();
             let t = progress.as_ref().map(|p| p.transfer_id.clone()).unwrap_or_default();
+            if let Some(p) = &progress {
+                on_event(ReceiveEvent::Started {
+                    transfer_id: t.clone(),
+                    name: p.name.clone(),
+                    size: p.size,
+                    chunks: state.total().unwrap_or(0),
+                    resumed_chunks: state.held().len(),
+                });
+            }
             send_control(&control.sender(), &Control::ResumeState { transfer_id: t, ranges }).await?;
             (state, progress)
         }
@@ -363,13 +391,13 @@ pub async fn receive(
                 save_state(&file, &data_path, &state_path, p, &state).await?;
                 last_state = Instant::now();
             }
-            if let (Some(c), true) = (control.as_deref_mut(), last_progress.elapsed() >= PROGRESS_EVERY) {
-                let update = Control::Progress {
-                    transfer_id: transfer_id.clone(),
-                    received_chunks: state.held().len(),
-                    total_chunks: state.total().unwrap_or(0),
-                };
-                send_control(&c.sender(), &update).await?;
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                let (received_chunks, chunks) = (state.held().len(), state.total().unwrap_or(0));
+                on_event(ReceiveEvent::Progress { received_chunks, chunks });
+                if let Some(c) = control.as_deref_mut() {
+                    let update = Control::Progress { transfer_id: transfer_id.clone(), received_chunks, total_chunks: chunks };
+                    send_control(&c.sender(), &update).await?;
+                }
                 last_progress = Instant::now();
             }
         }

@@ -54,7 +54,7 @@ async fn receive_into(mut chans: Vec<DataChannel>, work: &Path, out: &Path) -> R
     let upload_at = chans.iter().position(|c| c.label() != "control").unwrap();
     let mut upload = chans.remove(upload_at);
     let mut control = chans.pop();
-    match receive(control.as_mut(), &mut upload, work, LIMITS).await {
+    match receive(control.as_mut(), &mut upload, work, LIMITS, |_| {}).await {
         Ok(r) => {
             let dest = out.join(&r.name);
             std::fs::rename(&r.path, &dest).unwrap();

@@ -1,0 +1,176 @@
+//! A client of `ferry serve`'s signaling WebSocket (`/v1/signal`): join a room, find a peer,
+//! exchange session descriptions ([`ferry_core::signal`] has the protocol).
+
+use std::time::Duration;
+
+use ferry_core::signal::{Inbound, Outbound, PeerInfo, Role};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::peer::Description;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalingError {
+    #[error("cannot reach the signaling server at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    #[error("the signaling server refused: {message} ({code})")]
+    Refused { code: String, message: String },
+    #[error("the signaling connection closed")]
+    Closed,
+    #[error("nothing arrived within {0:?}")]
+    Timeout(Duration),
+    #[error("the signaling server sent something unexpected: {0}")]
+    Protocol(String),
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A joined signaling connection.
+pub struct Signaling {
+    socket: Socket,
+    peer_id: String,
+    peers: Vec<PeerInfo>,
+}
+
+/// The WebSocket URL of a server's signaling route, from its http(s) URL.
+pub fn signal_url(server: &str) -> String {
+    let base = server.trim_end_matches('/');
+    let ws = match base.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}"),
+        None => format!("ws://{}", base.strip_prefix("http://").unwrap_or(base)),
+    };
+    format!("{ws}/v1/signal")
+}
+
+impl Signaling {
+    /// Connects to `server` (its http(s) URL) and joins `room`.
+    pub async fn join(
+        server: &str,
+        room: &str,
+        role: Role,
+        peer_id: Option<&str>,
+        token: &str,
+    ) -> Result<Signaling, SignalingError> {
+        let url = signal_url(server);
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(|e| SignalingError::Connect { url: url.clone(), source: Box::new(e) })?;
+        let mut s = Signaling { socket, peer_id: String::new(), peers: Vec::new() };
+        s.send(Inbound::Join {
+            room: room.to_owned(),
+            role,
+            peer_id: peer_id.map(str::to_owned),
+            token: Some(token.to_owned()),
+        })
+        .await?;
+        match s.recv(Duration::from_secs(10)).await? {
+            Outbound::Joined { peer_id, peers, .. } => {
+                s.peer_id = peer_id;
+                s.peers = peers;
+                Ok(s)
+            }
+            other => Err(SignalingError::Protocol(format!("expected joined, got {other:?}"))),
+        }
+    }
+
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// The peers that were in the room when this one joined.
+    pub fn peers(&self) -> &[PeerInfo] {
+        &self.peers
+    }
+
+    pub async fn send(&mut self, message: Inbound) -> Result<(), SignalingError> {
+        let text = serde_json::to_string(&message).map_err(|e| SignalingError::Protocol(e.to_string()))?;
+        self.socket.send(Message::Text(text.into())).await.map_err(|_| SignalingError::Closed)
+    }
+
+    /// The next message within `wait`; an `error` from the server is a [`SignalingError::Refused`].
+    pub async fn recv(&mut self, wait: Duration) -> Result<Outbound, SignalingError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .map_err(|_| SignalingError::Timeout(wait))?;
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    let out: Outbound =
+                        serde_json::from_str(&t).map_err(|e| SignalingError::Protocol(e.to_string()))?;
+                    if let Outbound::Error { code, message } = out {
+                        return Err(SignalingError::Refused { code, message });
+                    }
+                    return Ok(out);
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(SignalingError::Protocol("a binary message".into()));
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(SignalingError::Closed),
+            }
+        }
+    }
+
+    /// Sends a session description to `to`.
+    pub async fn send_description(&mut self, to: &str, d: &Description) -> Result<(), SignalingError> {
+        let data = serde_json::to_value(d).map_err(|e| SignalingError::Protocol(e.to_string()))?;
+        self.send(Inbound::Signal { to: to.to_owned(), data }).await
+    }
+
+    /// Waits for a session description of `kind` ("offer" or "answer"), from `from` if given;
+    /// returns who sent it. Other messages are passed to `other`.
+    pub async fn wait_description(
+        &mut self,
+        kind: &str,
+        from: Option<&str>,
+        wait: Duration,
+        mut other: impl FnMut(&Outbound),
+    ) -> Result<(String, Description), SignalingError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let out = self.recv(left).await?;
+            if let Outbound::Signal { from: sender, data } = &out
+                && from.is_none_or(|f| f == sender)
+                && data.get("type").and_then(Value::as_str) == Some(kind)
+                && let Ok(d) = serde_json::from_value::<Description>(data.clone())
+            {
+                return Ok((sender.clone(), d));
+            }
+            other(&out);
+        }
+    }
+
+    /// A peer to send to: `wanted` if given (waiting for it to join), else the first other peer.
+    pub async fn find_peer(&mut self, wanted: Option<&str>, wait: Duration) -> Result<String, SignalingError> {
+        if let Some(p) = self.peers.iter().find(|p| wanted.is_none_or(|w| w == p.peer_id)) {
+            return Ok(p.peer_id.clone());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Outbound::PeerJoined { peer_id, .. } = self.recv(left).await?
+                && wanted.is_none_or(|w| w == peer_id)
+            {
+                return Ok(peer_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signaling_urls() {
+        assert_eq!(signal_url("http://127.0.0.1:7070"), "ws://127.0.0.1:7070/v1/signal");
+        assert_eq!(signal_url("https://ferry.example/"), "wss://ferry.example/v1/signal");
+    }
+}
