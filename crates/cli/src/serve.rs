@@ -120,6 +120,10 @@ pub struct ServeArgs {
     #[arg(long = "cors-origin", env = "FERRY_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
 
+    /// The address ferry's WebRTC peer (POST /v1/rtc/offer) sends from and offers to peers.
+    #[arg(long, env = "FERRY_RTC_BIND", default_value = "127.0.0.1")]
+    rtc_bind: std::net::IpAddr,
+
     /// A token that admits peers to one signaling room (`/v1/signal`) besides the server's own:
     /// ROOM=TOKEN (repeatable).
     #[arg(long = "room-token", value_name = "ROOM=TOKEN")]
@@ -243,6 +247,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.processing_timeout = args.processing_timeout;
     config.events_idle_timeout = args.events_idle_timeout;
     config.events_keepalive = args.events_keepalive;
+    config.rtc_bind = args.rtc_bind;
     for entry in &args.room_tokens {
         let (room, token) = entry
             .split_once('=')

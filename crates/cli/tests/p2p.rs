@@ -83,3 +83,112 @@ async fn after_a_kill_9_of_the_sender_the_next_run_sends_only_what_is_missing() 
     assert!(finish(recv, lines, &mut seen).await);
     assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), bytes);
 }
+
+/// A peer connected to `ferry serve` through `POST /v1/rtc/offer`, with `labels` channels.
+async fn server_peer(srv: &TestServer, labels: &[&str]) -> (ferry_rtc::Peer, Vec<ferry_rtc::DataChannel>) {
+    let (mut peer, offer) = ferry_rtc::Peer::offer(&ferry_rtc::PeerConfig::default(), labels).await.unwrap();
+    let res = srv.http.post(srv.api("/rtc/offer")).bearer_auth(TOKEN).json(&offer).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: ferry_rtc::Description = res.json().await.unwrap();
+    assert_eq!(answer.kind, "answer");
+    assert!(answer.sdp.contains("127.0.0.1"), "the answer carries the server's loopback candidate");
+    peer.accept_answer(&answer).await.unwrap();
+    let mut chans = Vec::new();
+    while chans.len() < labels.len() {
+        match tokio::time::timeout(Duration::from_secs(20), peer.next_event()).await.unwrap() {
+            Some(ferry_rtc::PeerEvent::Channel(c)) => chans.push(c),
+            Some(ferry_rtc::PeerEvent::Connected) => {}
+            _ => panic!("disconnected"),
+        }
+    }
+    chans.sort_by(|a, b| a.label().cmp(b.label()));
+    (peer, chans)
+}
+
+fn frame(index: u32, total: u32, payload: &[u8]) -> Vec<u8> {
+    let mut m = ferry_core::frames::header(index, total).to_vec();
+    m.extend_from_slice(payload);
+    m
+}
+
+async fn text_answer(channel: &mut ferry_rtc::DataChannel) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), channel.recv()).await.unwrap().unwrap();
+        if !m.binary {
+            return serde_json::from_slice(&m.data).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_serve_stores_what_a_seed_004_peer_sends_and_refuses_chunks_after_it() {
+    let srv = TestServer::start(&[]);
+    let bytes = data(200_000, 3);
+    let (_peer, mut chans) = server_peer(&srv, &["video_upload"]).await;
+    let mut upload = chans.pop().unwrap();
+    let chunks: Vec<&[u8]> = bytes.chunks(48 * 1024).collect();
+    let total = chunks.len() as u32;
+    upload.send(true, vec![7]).await.unwrap();
+    for (i, c) in chunks.iter().enumerate() {
+        upload.send(true, frame(i as u32, total, c)).await.unwrap();
+    }
+    let echo = tokio::time::timeout(Duration::from_secs(10), upload.recv()).await.unwrap().unwrap();
+    assert_eq!(echo.data, vec![7], "the keepalive is echoed");
+    let done = text_answer(&mut upload).await;
+    assert_eq!(done["type"], "complete", "{done}");
+    assert_eq!(done["sha256"], sha256_hex(&bytes));
+    let key = done["key"].as_str().unwrap();
+    assert!(key.starts_with("rtc/"), "{key}");
+    let got = srv.get(&format!("/objects/{key}")).await.bytes().await.unwrap();
+    assert_eq!(got.as_ref(), &bytes[..]);
+    // The transfer is over: another chunk is an error; the object stays as it was.
+    upload.send(true, frame(0, total, chunks[0])).await.unwrap();
+    let err = text_answer(&mut upload).await;
+    assert_eq!((err["type"].as_str(), err["code"].as_str()), (Some("error"), Some("chunk_after_complete")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_serve_stores_a_file_sent_with_a_control_channel() {
+    let srv = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(1024 * 1024 + 5, 4);
+    let file = write_file(dir.path(), "notes.bin", &bytes);
+    let (_peer, mut chans) = server_peer(&srv, &["control", "upload"]).await;
+    let mut upload = chans.pop().unwrap();
+    let mut control = chans.pop().unwrap();
+    let report = ferry_rtc::transfer::send_file(&mut control, &mut upload, &file, "peer/notes.bin", 48 * 1024, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.stored_as, "peer/notes.bin");
+    let got = srv.get("/objects/peer/notes.bin").await.bytes().await.unwrap();
+    assert_eq!(got.as_ref(), &bytes[..]);
+    let listed: Value = srv.get("/uploads?state=completed").await.json().await.unwrap();
+    assert_eq!(listed["uploads"][0]["key"], "peer/notes.bin", "stored through an ordinary upload session");
+    // Offers that are not offers are refused.
+    let res = srv
+        .http
+        .post(srv.api("/rtc/offer"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"type": "answer", "sdp": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_offer").await;
+    let res = srv
+        .http
+        .post(srv.api("/rtc/offer"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"type": "offer", "sdp": "v=0 garbage"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "invalid_offer").await;
+    let res = srv
+        .http
+        .post(srv.api("/rtc/offer"))
+        .json(&serde_json::json!({"type": "offer", "sdp": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 401, "unauthorized").await;
+}

@@ -255,6 +255,8 @@ async fn recv_control(control: &mut DataChannel) -> Result<Control, TransferErro
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Progress {
     transfer_id: String,
+    /// As the sender gave it.
+    given: String,
     name: String,
     size: u64,
     chunk_size: u32,
@@ -284,8 +286,11 @@ pub enum ReceiveEvent {
 #[derive(Debug)]
 pub struct Received {
     pub transfer_id: String,
-    /// The name the sender gave (sanitised), or a made-up one for a frames-only peer.
+    /// The name the sender gave, made safe as a file name (its last segment), or a made-up one
+    /// for a frames-only peer.
     pub name: String,
+    /// The name exactly as the sender gave it (a store may keep its `/` segments as a key).
+    pub given_name: Option<String>,
     pub path: PathBuf,
     pub size: u64,
     pub sha256: String,
@@ -315,6 +320,7 @@ pub async fn receive(
                         let p = Progress {
                             transfer_id,
                             name: clean_name(&name),
+                            given: name,
                             size,
                             chunk_size,
                             sha256,
@@ -440,8 +446,11 @@ pub async fn receive(
     }
     let sp = state_path.clone();
     let _ = blocking(move || std::fs::remove_file(&sp).map_err(io(&sp))).await;
-    let name = progress.map_or_else(|| format!("upload-{transfer_id}.bin"), |p| p.name);
-    Ok(Received { transfer_id, name, path: data_path, size, sha256 })
+    let (name, given_name) = match progress {
+        Some(p) => (p.name, Some(p.given)),
+        None => (format!("upload-{transfer_id}.bin"), None),
+    };
+    Ok(Received { transfer_id, name, given_name, path: data_path, size, sha256 })
 }
 
 /// Tells the sender where the file went: on `control`, or (for a frames-only peer) as one text

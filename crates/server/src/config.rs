@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub signal_rate: u32,
     /// Peers a signaling room may hold.
     pub max_room_peers: usize,
+    /// The address the server's WebRTC peer sends from and offers as its candidate.
+    pub rtc_bind: std::net::IpAddr,
     /// Origins whose browser apps may call this server (`*` for any); empty: same origin only.
     pub cors_origins: Vec<String>,
 }
@@ -72,6 +74,7 @@ impl ServerConfig {
             events_keepalive: Duration::from_secs(15),
             webhooks: WebhookConfig::default(),
             cors_origins: Vec::new(),
+            rtc_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             room_tokens: BTreeMap::new(),
             signal_max_message: 64 * 1024,
             signal_rate: 100,

@@ -28,6 +28,7 @@ mod metrics;
 mod pipeline;
 pub mod processing;
 mod routes;
+mod rtc;
 pub mod secrets;
 pub mod sessions;
 pub mod webhooks;

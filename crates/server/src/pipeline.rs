@@ -222,6 +222,36 @@ impl Sessions {
         Ok(Some(copy))
     }
 
+    /// Stores a complete local file of `size` bytes with SHA-256 `sha256` as the object `key`, as
+    /// an ordinary upload (events, the store's own checks), part by part from the file.
+    pub(crate) async fn store_file(
+        self: &Arc<Self>,
+        signer: &ferry_core::sign::Signer,
+        key: &str,
+        path: &std::path::Path,
+        size: u64,
+        sha256: &str,
+        meta: ferry_store::ObjectMeta,
+    ) -> Result<ObjectInfo, ApiError> {
+        let req = ferry_core::api::CreateUpload {
+            name: key.to_owned(),
+            size,
+            part_size: None,
+            sha256: Some(sha256.to_owned()),
+            content_type: meta.content_type,
+            metadata: meta.metadata,
+            processor: None,
+            webhook_url: None,
+        };
+        let created = self.create(signer, req).await?;
+        for part in &created.parts {
+            let f = std::fs::File::open(path).map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+            let body = crate::routes::file_range(f, part.offset, part.size);
+            self.put_part(&created.upload_id, part.part_number, Some(part.size), body).await?;
+        }
+        self.complete(&created.upload_id, None, Some(sha256.to_owned())).await
+    }
+
     /// `POST /v1/uploads/{id}/parts/{n}/reprocess`: runs the processor on the part again.
     pub async fn reprocess(self: &Arc<Self>, upload_id: &str, part_number: u32) -> Result<Reprocessing, ApiError> {
         let (session, _) = self.load(upload_id).await?;

@@ -6,6 +6,7 @@ mod events;
 mod objects;
 mod ops;
 mod parts;
+mod rtc;
 pub(crate) mod signal;
 mod uploads;
 mod uppy;
@@ -32,6 +33,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .merge(uploads::routes())
         .merge(events::routes())
+        .merge(rtc::routes())
         .merge(objects::api_routes())
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), crate::auth::require_bearer))
         // After the bearer layer: a WebSocket from a browser cannot carry the header, so the

@@ -371,22 +371,7 @@ async fn store_form_file(
     file.flush().await.map_err(io)?;
     drop(file);
     let sha256 = hex::encode(hasher.finalize());
-    let req = CreateUpload {
-        name: policy.key,
-        size,
-        part_size: None,
-        sha256: Some(sha256.clone()),
-        content_type: policy.content_type,
-        metadata: policy.metadata,
-        processor: None,
-        webhook_url: None,
-    };
-    let created = st.sessions.create(&st.signer, req).await?;
-    for part in &created.parts {
-        let f = staged.reopen().map_err(io)?;
-        let body = crate::routes::file_range(f, part.offset, part.size);
-        st.sessions.put_part(&created.upload_id, part.part_number, Some(part.size), body).await?;
-    }
-    let info = st.sessions.complete(&created.upload_id, None, Some(sha256)).await?;
+    let meta = ferry_store::ObjectMeta { content_type: policy.content_type, metadata: policy.metadata };
+    let info = st.sessions.store_file(&st.signer, &policy.key, staged.path(), size, &sha256, meta).await?;
     Ok(info.etag)
 }
