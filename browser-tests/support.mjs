@@ -69,10 +69,11 @@ export function tempDir() {
 }
 
 /** Headless Debian Chromium, kept off every network but loopback. */
-export async function browser() {
+export async function browser(extra = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: [
+      ...extra,
       "--headless",
       "--no-sandbox",
       "--disable-gpu",

@@ -1,0 +1,173 @@
+// Chromium and ferry over WebRTC data channels, on loopback: a page sends a file to `ferry serve`
+// (POST /v1/rtc/offer) in seed 004's framing, and a page receives one from `ferry send` through
+// the signaling room, speaking the control-channel protocol.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+
+import { ROOT, TOKEN, browser, startServer, tempDir } from "./support.mjs";
+
+// Without these, headless Chromium on a loopback-only network gathers no candidate.
+const LOOPBACK = [
+  "--allow-loopback-in-peer-connection",
+  "--disable-features=WebRtcHideLocalIpsWithMdns",
+  "--use-fake-ui-for-media-stream",
+  "--use-fake-device-for-media-stream",
+];
+
+let chrome;
+before(async () => {
+  chrome = await browser(LOOPBACK);
+});
+after(async () => {
+  await chrome?.close();
+});
+
+/** A page on ferry's own origin, with the media permission that unlocks host candidates. */
+async function ferryPage(server) {
+  const page = await chrome.newPage();
+  await page.goto(server.url + "/");
+  await page.evaluate(async () => {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    stream.getTracks().forEach((t) => t.stop());
+  });
+  return page;
+}
+
+test("a Chromium page uploads a file to ferry serve over a data channel in seed 004's framing", async () => {
+  const server = await startServer();
+  try {
+    const page = await ferryPage(server);
+    const bytes = randomBytes(2 * 1024 * 1024 + 333);
+    const result = await page.evaluate(async ({ token, b64 }) => {
+      const data = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const pc = new RTCPeerConnection({ iceServers: [] });
+      const ch = pc.createDataChannel("video_upload");
+      ch.binaryType = "arraybuffer";
+      ch.bufferedAmountLowThreshold = 512 * 1024;
+      const answered = new Promise((resolve) => {
+        ch.onmessage = (e) => { if (typeof e.data === "string") resolve(JSON.parse(e.data)); };
+      });
+      await pc.setLocalDescription(await pc.createOffer());
+      await new Promise((r) => {
+        if (pc.iceGatheringState === "complete") r();
+        pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r();
+      });
+      const res = await fetch("/v1/rtc/offer", {
+        method: "POST",
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ type: pc.localDescription.type, sdp: pc.localDescription.sdp }),
+      });
+      await pc.setRemoteDescription(await res.json());
+      await new Promise((r) => (ch.readyState === "open" ? r() : (ch.onopen = r)));
+      const CHUNK = 48 * 1024;
+      const total = Math.ceil(data.length / CHUNK);
+      ch.send(new Uint8Array([1]));
+      for (let i = 0; i < total; i++) {
+        if (ch.bufferedAmount > 1024 * 1024) await new Promise((r) => (ch.onbufferedamountlow = r));
+        const payload = data.subarray(i * CHUNK, (i + 1) * CHUNK);
+        const msg = new Uint8Array(8 + payload.length);
+        const view = new DataView(msg.buffer);
+        view.setUint32(0, i, true);
+        view.setUint32(4, total, true);
+        msg.set(payload, 8);
+        ch.send(msg);
+      }
+      const answer = await answered;
+      pc.close();
+      return answer;
+    }, { token: TOKEN, b64: bytes.toString("base64") });
+    assert.equal(result.type, "complete", JSON.stringify(result));
+    assert.equal(result.sha256, createHash("sha256").update(bytes).digest("hex"));
+    const stored = await fetch(`${server.url}/v1/objects/${result.key}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+    assert.deepEqual(Buffer.from(await stored.arrayBuffer()), bytes);
+  } finally {
+    await server.stop();
+  }
+});
+
+test("a Chromium page receives a file from ferry send through the signaling room", async () => {
+  const server = await startServer();
+  const dir = tempDir();
+  try {
+    const page = await ferryPage(server);
+    const bytes = randomBytes(1024 * 1024 + 77);
+    const file = join(dir, "from-ferry.bin");
+    writeFileSync(file, bytes);
+    // The page joins the room and waits for an offer.
+    await page.evaluate(({ token, url }) => {
+      window.received = new Promise((resolve, reject) => {
+        const ws = new WebSocket(url);
+        let pc;
+        const channels = {};
+        ws.onopen = () => ws.send(JSON.stringify({ type: "join", room: "chrome", role: "peer", peer_id: "browser", token }));
+        ws.onerror = () => reject(new Error("signaling failed"));
+        ws.onmessage = async (e) => {
+          const m = JSON.parse(e.data);
+          if (m.type === "joined") window.joined = true;
+          if (m.type !== "signal" || m.data.type !== "offer") return;
+          pc = new RTCPeerConnection({ iceServers: [] });
+          pc.ondatachannel = ({ channel }) => {
+            channel.binaryType = "arraybuffer";
+            channels[channel.label] = channel;
+            if (channel.label === "control") {
+              let start;
+              const chunks = [];
+              let count = 0;
+              channel.onmessage = (ev) => {
+                const c = JSON.parse(ev.data);
+                if (c.type !== "upload_start") return;
+                start = c;
+                channel.send(JSON.stringify({ type: "resume_state", transfer_id: c.transfer_id, ranges: [] }));
+                channels.upload.onmessage = async (fe) => {
+                  const buf = new Uint8Array(fe.data);
+                  if (buf.length <= 1) { channels.upload.send(buf); return; }
+                  const view = new DataView(buf.buffer);
+                  const index = view.getUint32(0, true);
+                  if (!chunks[index]) { chunks[index] = buf.slice(8); count++; }
+                  if (count < start.total_chunks) return;
+                  const whole = new Uint8Array(start.size);
+                  chunks.forEach((ch, i) => whole.set(ch, i * start.chunk_size));
+                  const digest = await crypto.subtle.digest("SHA-256", whole);
+                  const sha256 = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+                  channel.send(JSON.stringify({ type: "complete", transfer_id: start.transfer_id, key: start.name, size: whole.length, sha256 }));
+                  resolve({ name: start.name, size: whole.length, sha256, announced: start.sha256 });
+                };
+              };
+            }
+          };
+          await pc.setRemoteDescription(m.data);
+          await pc.setLocalDescription(await pc.createAnswer());
+          await new Promise((r) => {
+            if (pc.iceGatheringState === "complete") r();
+            pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r();
+          });
+          ws.send(JSON.stringify({ type: "signal", to: m.from, data: { type: "answer", sdp: pc.localDescription.sdp } }));
+        };
+      });
+    }, { token: TOKEN, url: server.url.replace("http://", "ws://") + "/v1/signal" });
+    await page.waitForFunction(() => window.joined === true);
+    const exe = join(ROOT, "target", "debug", "ferry");
+    const sender = spawn(exe, ["send", file, "--room", "chrome", "--to", "browser", "--json", "--server", server.url, "--token", TOKEN], {
+      env: { ...process.env, FERRY_LOG: "warn" },
+    });
+    let out = "";
+    sender.stdout.on("data", (d) => (out += d));
+    let err = "";
+    sender.stderr.on("data", (d) => (err += d));
+    const code = await new Promise((r) => sender.on("exit", r));
+    assert.equal(code, 0, err);
+    const received = await page.evaluate(() => window.received);
+    const sha = createHash("sha256").update(bytes).digest("hex");
+    assert.equal(received.sha256, sha);
+    assert.equal(received.announced, sha, "the sender announced the SHA-256");
+    const result = out.trim().split("\n").map((l) => JSON.parse(l)).find((v) => v.type === "result");
+    assert.equal(result.sha256, sha);
+    assert.equal(result.stored_as, "from-ferry.bin");
+  } finally {
+    await server.stop();
+  }
+});
