@@ -67,7 +67,10 @@ test("a Chromium page uploads a file to ferry serve over a data channel in seed 
       const total = Math.ceil(data.length / CHUNK);
       ch.send(new Uint8Array([1]));
       for (let i = 0; i < total; i++) {
-        if (ch.bufferedAmount > 1024 * 1024) await new Promise((r) => (ch.onbufferedamountlow = r));
+        // The event can fire before the handler is set: look again every few milliseconds too.
+        while (ch.bufferedAmount > 1024 * 1024) {
+          await new Promise((r) => { ch.onbufferedamountlow = r; setTimeout(r, 5); });
+        }
         const payload = data.subarray(i * CHUNK, (i + 1) * CHUNK);
         const msg = new Uint8Array(8 + payload.length);
         const view = new DataView(msg.buffer);
