@@ -55,3 +55,46 @@ async fn two_peers_move_bytes_in_order_over_loopback() {
     let m = tokio::time::timeout(Duration::from_secs(10), back.recv()).await.unwrap().unwrap();
     assert_eq!((m.binary, m.data.as_slice()), (false, &b"{\"type\":\"ok\"}"[..]));
 }
+
+/// A reader that stops taking messages and, before it reads on, writes (as a receiver answering
+/// on its control channel does) must not deadlock its own connection: the write completes while
+/// its inbox is full, and then every message still arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_with_a_full_inbox_can_still_write() {
+    let config = PeerConfig::default();
+    let (mut offerer, offer) = Peer::offer(&config, &["upload"]).await.unwrap();
+    let (mut answerer, answer) = Peer::answer(&config, &offer).await.unwrap();
+    offerer.accept_answer(&answer).await.unwrap();
+    let mut sending = next_channel(&mut offerer).await;
+    let mut receiving = next_channel(&mut answerer).await;
+
+    // Far more than a reader's inbox holds: the answerer's side fills up and stops reading.
+    let count = 2000u32;
+    let writer = tokio::spawn({
+        let tx = sending.sender();
+        async move {
+            for i in 0..count {
+                let mut m = i.to_le_bytes().to_vec();
+                m.resize(1024, 0);
+                tx.send(true, m).await.unwrap();
+            }
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(20), receiving.recv()).await.unwrap().unwrap();
+    assert_eq!(u32::from_le_bytes(first.data[..4].try_into().unwrap()), 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(10), receiving.send(false, b"progress".to_vec()))
+        .await
+        .expect("a write while the inbox is full deadlocked the connection")
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), sending.recv()).await.unwrap().unwrap();
+    assert_eq!(m.data, b"progress");
+    for i in 1..count {
+        let m = tokio::time::timeout(Duration::from_secs(20), receiving.recv())
+            .await
+            .unwrap_or_else(|_| panic!("stalled at message {i}"))
+            .unwrap();
+        assert_eq!(u32::from_le_bytes(m.data[..4].try_into().unwrap()), i, "in order");
+    }
+    writer.await.unwrap();
+}

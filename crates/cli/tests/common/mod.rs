@@ -30,7 +30,7 @@ fn spawn(data_dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
         .args(["serve", "--listen", listen, "--token", TOKEN, "--data-dir"])
         .arg(data_dir)
         .args(extra)
-        .env("FERRY_LOG", "warn")
+        .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
         .stdout(Stdio::piped())
@@ -197,7 +197,7 @@ pub fn ferry(server: &str, state_dir: &Path, args: &[&str]) -> tokio::process::C
     cmd.args(args)
         .args(["--server", server, "--token", TOKEN])
         .env("FERRY_STATE_DIR", state_dir)
-        .env("FERRY_LOG", "warn")
+        .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
