@@ -6,19 +6,24 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use ferry_core::frames::ReceiveLimits;
 use ferry_core::signal::Role;
+use ferry_core::signal::SERVER_PEER;
+use ferry_rtc::PeerConfig;
+use ferry_rtc::connect::{self, Expect};
 use ferry_rtc::signaling::{Signaling, SignalingError};
 use ferry_rtc::transfer::{
     CONTROL_LABEL, ReceiveEvent, SendEvent, TransferError, UPLOAD_LABELS, answer_complete, answer_error, receive,
     send_file,
 };
-use ferry_rtc::{DataChannel, Peer, PeerConfig, PeerEvent};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::client::{OutputArgs, ServerArgs, human_bytes, parse_size};
+
+/// How long a receiver waits for a sender's channels once it has answered.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Args)]
 pub struct PeerArgs {
@@ -47,6 +52,7 @@ pub struct SendArgs {
     file: PathBuf,
 
     /// The peer to send to. Default: the first other peer in the room (waiting for one).
+    /// `ferry` is the server itself: it stores the file as an object (see `ferry get`).
     #[arg(long)]
     to: Option<String>,
 
@@ -104,29 +110,6 @@ fn json_line(out: &OutputArgs, value: &impl serde::Serialize) {
     }
 }
 
-/// Waits for the channels of a new connection: `want` labels, or (for a receiver) an upload
-/// channel and, if the sender has one, a control channel.
-async fn channels(peer: &mut Peer, labels: usize, wait: Duration) -> anyhow::Result<Vec<DataChannel>> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    while got.len() < labels {
-        // A control channel opens with the upload channel; a peer with none is given a moment.
-        let limit = if got.iter().any(|c: &DataChannel| UPLOAD_LABELS.contains(&c.label())) {
-            (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline)
-        } else {
-            deadline
-        };
-        match tokio::time::timeout_at(limit, peer.next_event()).await {
-            Ok(Some(PeerEvent::Channel(c))) => got.push(c),
-            Ok(Some(PeerEvent::Connected)) => {}
-            Ok(Some(PeerEvent::Disconnected) | None) => bail!("the peer connection failed"),
-            Err(_) if got.iter().any(|c| UPLOAD_LABELS.contains(&c.label())) => break,
-            Err(_) => bail!("no data channel opened within {}", humantime::format_duration(wait)),
-        }
-    }
-    Ok(got)
-}
-
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let p = &args.peer;
     let token = token(&p.server)?;
@@ -144,12 +127,14 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         .filter(|c| (1..=ReceiveLimits::default().max_message as u32 - 8).contains(c))
         .context("--chunk-size must be at most 256 KiB minus the 8-byte header")?;
     let mut sig = Signaling::join(&p.server.server, &p.room, Role::Peer, p.peer_id.as_deref(), &token).await?;
-    let to = sig.find_peer(args.to.as_deref(), args.wait).await.context("no peer to send to")?;
-    let (mut peer, offer) = Peer::offer(&PeerConfig { bind: p.bind }, &[CONTROL_LABEL, UPLOAD_LABELS[0]]).await?;
-    sig.send_description(&to, &offer).await?;
-    let (_, answer) = sig.wait_description("answer", Some(&to), args.wait, |_| {}).await.context("no answer")?;
-    peer.accept_answer(&answer).await?;
-    let mut chans = channels(&mut peer, 2, Duration::from_secs(30)).await?;
+    let to = match args.to.as_deref() {
+        Some(SERVER_PEER) => SERVER_PEER.to_owned(),
+        wanted => sig.find_peer(wanted, args.wait).await.context("no peer to send to")?,
+    };
+    let config = PeerConfig { bind: p.bind };
+    let (peer, mut chans) = connect::offer(&mut sig, &to, &config, &[CONTROL_LABEL, UPLOAD_LABELS[0]], args.wait)
+        .await
+        .with_context(|| format!("connecting to {to}"))?;
     let upload_at = chans.iter().position(|c| c.label() != CONTROL_LABEL).context("no upload channel")?;
     let mut upload = chans.remove(upload_at);
     let mut control = chans.pop().context("no control channel")?;
@@ -232,18 +217,12 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
-        let (mut peer, answer) = match Peer::answer(&PeerConfig { bind: p.bind }, &offer).await {
+        let config = PeerConfig { bind: p.bind };
+        let expect = Expect { count: 2, enough: &UPLOAD_LABELS };
+        let (peer, mut chans) = match connect::answer(&mut sig, &from, &offer, &config, expect, CONNECT_WAIT).await {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("ferry recv: cannot answer {from}: {e}");
-                continue;
-            }
-        };
-        sig.send_description(&from, &answer).await?;
-        let mut chans = match channels(&mut peer, 2, Duration::from_secs(30)).await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("ferry recv: {from}: {e:#}");
+                eprintln!("ferry recv: {from}: {e}");
                 continue;
             }
         };

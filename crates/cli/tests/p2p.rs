@@ -192,3 +192,100 @@ async fn ferry_serve_stores_a_file_sent_with_a_control_channel() {
         .unwrap();
     assert_error(res, 401, "unauthorized").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_send_to_the_server_through_signaling_stores_an_object() {
+    let srv = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(2 * 1024 * 1024 + 3, 5);
+    let file = write_file(dir.path(), "scan.tif", &bytes);
+    let args = ["send", file.to_str().unwrap(), "--room", "lab", "--to", "ferry", "--as", "scans/1.tif", "--json"];
+    let (ok, sent, err) = run_json(ferry(&srv.url, &dir.path().join("state"), &args)).await;
+    assert!(ok, "{err}");
+    let r = result_of(&sent);
+    assert_eq!(
+        (r["sha256"].as_str(), r["stored_as"].as_str()),
+        (Some(sha256_hex(&bytes).as_str()), Some("scans/1.tif"))
+    );
+    let got = srv.get("/objects/scans/1.tif").await.bytes().await.unwrap();
+    assert_eq!(got.as_ref(), &bytes[..]);
+
+    // What the server takes over signaling: an offer or a candidate, from a peer in a room.
+    let mut sig = ferry_rtc::signaling::Signaling::join(&srv.url, "lab", ferry_core::signal::Role::Peer, None, TOKEN)
+        .await
+        .unwrap();
+    let to = || "ferry".to_owned();
+    let cases = [
+        (serde_json::json!({"type": "answer", "sdp": "v=0"}), "invalid_signal"),
+        (
+            serde_json::json!({"type": "candidate", "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}),
+            "invalid_signal",
+        ),
+        (serde_json::json!({"type": "offer", "sdp": "not sdp"}), "invalid_offer"),
+    ];
+    for (data, code) in cases {
+        sig.send(ferry_core::signal::Inbound::Signal { to: to(), data }).await.unwrap();
+        match sig.recv(Duration::from_secs(10)).await {
+            Err(ferry_rtc::signaling::SignalingError::Refused { code: got, .. }) => assert_eq!(got, code),
+            other => panic!("expected {code}, got {other:?}"),
+        }
+    }
+    let taken =
+        ferry_rtc::signaling::Signaling::join(&srv.url, "lab", ferry_core::signal::Role::Peer, Some("ferry"), TOKEN)
+            .await;
+    assert!(
+        matches!(taken, Err(ferry_rtc::signaling::SignalingError::Refused { ref code, .. }) if code == "peer_id_taken")
+    );
+}
+
+/// Two peers meet through signaling with `connect` (candidates trickled both ways) and talk on
+/// the JSON message channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_messages_flow_both_ways_between_peers_that_met_through_signaling() {
+    use ferry_core::signal::Role;
+    use ferry_rtc::connect::{self, Expect};
+    use ferry_rtc::messages::{MESSAGES_LABEL, MessageError, Messages};
+    use ferry_rtc::signaling::Signaling;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Progress {
+        job: String,
+        percent: u8,
+    }
+
+    let srv = TestServer::start(&[]);
+    let mut a = Signaling::join(&srv.url, "jobs", Role::Client, Some("client"), TOKEN).await.unwrap();
+    let mut b = Signaling::join(&srv.url, "jobs", Role::Worker, Some("worker"), TOKEN).await.unwrap();
+    let config = ferry_rtc::PeerConfig::default();
+    let config_b = config.clone();
+    let answering = tokio::spawn(async move {
+        let (from, offer) = b.wait_description("offer", None, Duration::from_secs(20), |_| {}).await.unwrap();
+        assert_eq!(from, "client");
+        let expect = Expect { count: 1, enough: &[] };
+        let (peer, chans) =
+            connect::answer(&mut b, &from, &offer, &config_b, expect, Duration::from_secs(20)).await.unwrap();
+        (peer, chans)
+    });
+    let (_pa, mut ca) =
+        connect::offer(&mut a, "worker", &config, &[MESSAGES_LABEL], Duration::from_secs(20)).await.unwrap();
+    let (_pb, mut cb) = answering.await.unwrap();
+    assert_eq!((ca.len(), cb.len()), (1, 1));
+    let mut client = Messages::new(ca.pop().unwrap());
+    let mut worker = Messages::new(cb.pop().unwrap());
+
+    for percent in [10, 50, 100] {
+        worker.send(&Progress { job: "j1".into(), percent }).await.unwrap();
+    }
+    for percent in [10, 50, 100] {
+        let got: Progress =
+            tokio::time::timeout(Duration::from_secs(10), client.recv()).await.unwrap().unwrap().unwrap();
+        assert_eq!(got, Progress { job: "j1".into(), percent });
+    }
+    // Something that is not the JSON expected is an error for that message; the next still arrives.
+    client.sender().send(&serde_json::json!({"type": "pause"})).await.unwrap();
+    client.send(&"not progress").await.unwrap();
+    let first: serde_json::Value = worker.recv().await.unwrap().unwrap();
+    assert_eq!(first["type"], "pause");
+    let second = worker.recv::<Progress>().await.unwrap();
+    assert!(matches!(second, Err(MessageError::Invalid(_))), "{second:?}");
+}

@@ -71,6 +71,10 @@ impl Outbound {
     }
 }
 
+/// The peer id the server itself answers to in every room: a `signal` with an offer sent `to`
+/// it makes the server a receiving peer (files sent to it become objects). No peer may take it.
+pub const SERVER_PEER: &str = "ferry";
+
 /// Room names: 1 to 128 of letters, digits, `.`, `_` and `-`.
 pub fn valid_room(name: &str) -> bool {
     (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
@@ -173,6 +177,9 @@ impl Rooms {
                     Outbound::error("invalid_peer_id", "peer ids are 1 to 64 letters, digits, '_', '-'"),
                 )];
             }
+            Some(id) if id == SERVER_PEER => {
+                return vec![(conn, Outbound::error("peer_id_taken", format!("{id} is the server's own peer id")))];
+            }
             Some(id) if peers.contains_key(&id) => {
                 return vec![(conn, Outbound::error("peer_id_taken", format!("{id} is already in the room")))];
             }
@@ -213,6 +220,11 @@ impl Rooms {
             Some(_) => vec![(conn, Outbound::error("peer_not_found", "a peer cannot send to itself"))],
             None => vec![(conn, Outbound::error("peer_not_found", format!("no peer {to:?} in this room")))],
         }
+    }
+
+    /// The room and peer id `conn` joined as, if it has.
+    pub fn member(&self, conn: Conn) -> Option<(&str, &str)> {
+        self.members.get(&conn).map(|m| (m.room.as_str(), m.peer_id.as_str()))
     }
 
     /// The peers of `room` (for tests and status).
@@ -275,6 +287,9 @@ mod tests {
         assert_eq!(code(&r.handle(1, join("lab", Some("x/y"), "server"))), "invalid_peer_id");
         r.handle(1, join("lab", Some("a"), "server"));
         assert_eq!(code(&r.handle(2, join("lab", Some("a"), "server"))), "peer_id_taken");
+        assert_eq!(code(&r.handle(2, join("lab", Some(SERVER_PEER), "server"))), "peer_id_taken", "reserved");
+        assert_eq!(r.member(1), Some(("lab", "a")));
+        assert_eq!(r.member(2), None);
         assert_eq!(code(&r.handle(1, join("lab2", Some("z"), "server"))), "already_joined");
     }
 

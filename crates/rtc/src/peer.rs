@@ -58,6 +58,18 @@ impl Default for PeerConfig {
     }
 }
 
+/// A browser-shaped ICE candidate (`RTCIceCandidateInit`), as peers trickle them over signaling:
+/// `{"candidate":"candidate:…","sdpMid":"0","sdpMLineIndex":0}`. An empty `candidate` marks the
+/// end of a peer's candidates.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(rename = "sdpMLineIndex", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+}
+
 /// A browser-shaped session description, `{"type":"offer","sdp":"…"}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Description {
@@ -70,6 +82,7 @@ enum Command {
     Open { label: String, reply: oneshot::Sender<DataChannel> },
     Write { id: ChannelId, binary: bool, data: Vec<u8>, reply: oneshot::Sender<Result<(), PeerError>> },
     Answer { pending: SdpPendingOffer, answer: SdpAnswer, reply: oneshot::Sender<Result<(), PeerError>> },
+    RemoteCandidate(Candidate),
     Close,
 }
 
@@ -145,6 +158,27 @@ pub struct Peer {
     events: mpsc::Receiver<PeerEvent>,
     local: SocketAddr,
     pending: Option<SdpPendingOffer>,
+    candidates: Vec<IceCandidate>,
+}
+
+/// Adds a peer's trickled candidates to its connection from another task.
+#[derive(Clone)]
+pub struct RemoteCandidates {
+    commands: mpsc::Sender<Command>,
+}
+
+impl RemoteCandidates {
+    /// Adds one; an end-of-candidates marker (empty) is accepted and changes nothing. A
+    /// candidate this side cannot use (an mDNS `.local` name, TCP) is refused with the reason.
+    pub async fn add(&self, candidate: &IceCandidate) -> Result<(), PeerError> {
+        let line = candidate.candidate.trim();
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        if line.is_empty() {
+            return Ok(());
+        }
+        let c = Candidate::from_sdp_string(line).map_err(|e| PeerError::Sdp(format!("candidate {line:?}: {e}")))?;
+        self.commands.send(Command::RemoteCandidate(c)).await.map_err(|_| PeerError::Closed)
+    }
 }
 
 impl Peer {
@@ -158,7 +192,7 @@ impl Peer {
         }
         let (offer, pending) = change.apply().ok_or_else(|| PeerError::Sdp("nothing to offer".into()))?;
         let description = Description { kind: "offer".into(), sdp: offer.to_sdp_string() };
-        let mut peer = Self::spawn(rtc, socket)?;
+        let mut peer = Self::spawn(rtc, socket, &description)?;
         peer.pending = Some(pending);
         Ok((peer, description))
     }
@@ -172,7 +206,7 @@ impl Peer {
         let (mut rtc, socket) = Self::setup(config).await?;
         let answer = rtc.sdp_api().accept_offer(offer)?;
         let description = Description { kind: "answer".into(), sdp: answer.to_sdp_string() };
-        Ok((Self::spawn(rtc, socket)?, description))
+        Ok((Self::spawn(rtc, socket, &description)?, description))
     }
 
     /// Completes an offer with the remote's answer.
@@ -203,6 +237,17 @@ impl Peer {
         self.local
     }
 
+    /// This side's candidates, to trickle to a peer that wants them apart from the SDP (which
+    /// carries them too).
+    pub fn local_candidates(&self) -> &[IceCandidate] {
+        &self.candidates
+    }
+
+    /// A handle that adds the remote's trickled candidates.
+    pub fn remote_candidates(&self) -> RemoteCandidates {
+        RemoteCandidates { commands: self.commands.clone() }
+    }
+
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Close).await;
     }
@@ -227,8 +272,9 @@ impl Peer {
         Ok((rtc, socket))
     }
 
-    fn spawn(rtc: Rtc, socket: UdpSocket) -> Result<Peer, PeerError> {
+    fn spawn(rtc: Rtc, socket: UdpSocket, description: &Description) -> Result<Peer, PeerError> {
         let local = socket.local_addr()?;
+        let candidates = local_candidates(&description.sdp);
         let (commands, command_rx) = mpsc::channel(64);
         let (event_tx, events) = mpsc::channel(64);
         let driver = Driver {
@@ -244,8 +290,30 @@ impl Peer {
             outgoing: Vec::new(),
         };
         tokio::spawn(driver.run(command_rx));
-        Ok(Peer { commands, events, local, pending: None })
+        Ok(Peer { commands, events, local, pending: None, candidates })
     }
+}
+
+/// The `a=candidate` lines of a description, browser-shaped, with the media section they are in.
+fn local_candidates(sdp: &str) -> Vec<IceCandidate> {
+    let mut out: Vec<IceCandidate> = Vec::new();
+    let (mut index, mut mid) = (None::<u16>, None::<String>);
+    for line in sdp.lines().map(str::trim) {
+        if line.starts_with("m=") {
+            index = Some(index.map_or(0, |i| i + 1));
+            mid = None;
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m.to_owned());
+            for c in out.iter_mut().filter(|c| c.sdp_m_line_index == index && c.sdp_mid.is_none()) {
+                c.sdp_mid = Some(m.to_owned());
+            }
+        } else if let Some(c) = line.strip_prefix("a=")
+            && c.starts_with("candidate:")
+        {
+            out.push(IceCandidate { candidate: c.to_owned(), sdp_mid: mid.clone(), sdp_m_line_index: index });
+        }
+    }
+    out
 }
 
 impl Drop for Peer {
@@ -382,6 +450,7 @@ impl Driver {
             Command::Answer { pending, answer, reply } => {
                 let _ = reply.send(self.rtc.sdp_api().accept_answer(pending, answer).map_err(PeerError::Rtc));
             }
+            Command::RemoteCandidate(c) => self.rtc.add_remote_candidate(c),
             Command::Close => {}
         }
     }

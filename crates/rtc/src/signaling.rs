@@ -8,7 +8,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::peer::Description;
+use crate::peer::{Description, IceCandidate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalingError {
@@ -123,6 +123,17 @@ impl Signaling {
         self.send(Inbound::Signal { to: to.to_owned(), data }).await
     }
 
+    /// Trickles this side's candidates to `to`, one `signal` each, as
+    /// `{"type":"candidate","candidate":…,"sdpMid":…,"sdpMLineIndex":…}`.
+    pub async fn send_candidates(&mut self, to: &str, candidates: &[IceCandidate]) -> Result<(), SignalingError> {
+        for c in candidates {
+            let mut data = serde_json::to_value(c).map_err(|e| SignalingError::Protocol(e.to_string()))?;
+            data["type"] = "candidate".into();
+            self.send(Inbound::Signal { to: to.to_owned(), data }).await?;
+        }
+        Ok(())
+    }
+
     /// Waits for a session description of `kind` ("offer" or "answer"), from `from` if given;
     /// returns who sent it. Other messages are passed to `other`.
     pub async fn wait_description(
@@ -164,9 +175,37 @@ impl Signaling {
     }
 }
 
+/// The ICE candidate a `signal` message carries, if it is one: `{"type":"candidate",…}` with the
+/// candidate's fields inline, or with them in a `candidate` object (both shapes are common).
+pub fn candidate_in(data: &Value) -> Option<IceCandidate> {
+    if data.get("type").and_then(Value::as_str) != Some("candidate") {
+        return None;
+    }
+    match data.get("candidate") {
+        Some(Value::Object(_)) => data.get("candidate").and_then(|c| serde_json::from_value(c.clone()).ok()),
+        _ => serde_json::from_value(data.clone()).ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_in_signal_data() {
+        let line = "candidate:1 1 udp 2130706175 127.0.0.1 5000 typ host";
+        let inline = serde_json::json!({"type": "candidate", "candidate": line, "sdpMid": "0", "sdpMLineIndex": 0});
+        let nested = serde_json::json!({"type": "candidate", "candidate": {"candidate": line, "sdpMid": "0"}});
+        assert_eq!(candidate_in(&inline).map(|c| (c.candidate, c.sdp_m_line_index)), Some((line.to_owned(), Some(0))));
+        assert_eq!(candidate_in(&nested).map(|c| c.sdp_mid), Some(Some("0".to_owned())));
+        assert_eq!(
+            candidate_in(&serde_json::json!({"type": "candidate", "candidate": ""})).map(|c| c.candidate),
+            Some(String::new())
+        );
+        assert!(candidate_in(&serde_json::json!({"type": "offer", "sdp": "v=0"})).is_none());
+        assert!(candidate_in(&serde_json::json!({"type": "candidate", "candidate": 7})).is_none());
+        assert!(candidate_in(&serde_json::json!(["candidate"])).is_none());
+    }
 
     #[test]
     fn signaling_urls() {

@@ -98,3 +98,37 @@ async fn a_reader_with_a_full_inbox_can_still_write() {
     }
     writer.await.unwrap();
 }
+
+/// Peers that trickle: no candidate in either description, each side's candidates sent apart
+/// (as they go over signaling) and added as they come; the connection still opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_candidates_connect_peers_whose_descriptions_carry_none() {
+    let strip = |d: &ferry_rtc::Description| ferry_rtc::Description {
+        kind: d.kind.clone(),
+        sdp: d.sdp.lines().filter(|l| !l.starts_with("a=candidate")).map(|l| format!("{l}\r\n")).collect(),
+    };
+    let config = PeerConfig::default();
+    let (mut offerer, offer) = Peer::offer(&config, &["upload"]).await.unwrap();
+    let offered = offerer.local_candidates().to_vec();
+    assert_eq!(offered.len(), 1, "one host candidate: {offered:?}");
+    assert!(offered[0].candidate.starts_with("candidate:") && offered[0].candidate.contains("127.0.0.1"));
+    assert!(offered[0].sdp_mid.is_some() && offered[0].sdp_m_line_index == Some(0));
+    let (mut answerer, answer) = Peer::answer(&config, &strip(&offer)).await.unwrap();
+    offerer.accept_answer(&strip(&answer)).await.unwrap();
+    for c in answerer.local_candidates() {
+        offerer.remote_candidates().add(c).await.unwrap();
+    }
+    for c in &offered {
+        answerer.remote_candidates().add(c).await.unwrap();
+    }
+    let end = ferry_rtc::IceCandidate { candidate: String::new(), sdp_mid: None, sdp_m_line_index: None };
+    answerer.remote_candidates().add(&end).await.unwrap();
+    let mdns = ferry_rtc::IceCandidate { candidate: "candidate:1 1 udp 1 x.local 9 typ host".into(), ..end };
+    assert!(answerer.remote_candidates().add(&mdns).await.is_err(), "a name, not an address, is refused");
+
+    let sending = next_channel(&mut offerer).await;
+    let mut receiving = next_channel(&mut answerer).await;
+    sending.send(true, b"trickled".to_vec()).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), receiving.recv()).await.unwrap().unwrap();
+    assert_eq!(m.data, b"trickled");
+}

@@ -1,5 +1,7 @@
 //! `ferry serve` as a receiving WebRTC peer: `POST /v1/rtc/offer` answers a browser-shaped offer
-//! (the answer carries the server's candidate, so peers that do not trickle can connect). Each
+//! (the answer carries the server's candidate, so peers that do not trickle can connect), and so
+//! does a `signal` sent to the peer id [`ferry_core::signal::SERVER_PEER`] in any room (candidates
+//! trickled after it are added). Each
 //! upload channel (`upload`, or seed 004's `video_upload`) the peer opens carries one file, with
 //! the `control` channel beside it when the peer has one; each file becomes an object in the
 //! store, through an ordinary upload session, and the peer is told its key (or why not).
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use ferry_core::frames::{Frame, ReceiveLimits, decode};
 use ferry_rtc::transfer::{CONTROL_LABEL, UPLOAD_LABELS, answer_complete, answer_error, receive};
-use ferry_rtc::{DataChannel, Description, Peer, PeerConfig, PeerEvent};
+use ferry_rtc::{DataChannel, Description, Peer, PeerConfig, PeerEvent, RemoteCandidates};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -17,13 +19,18 @@ use crate::error::ApiError;
 /// How long a connected peer may go without opening a channel.
 const IDLE: Duration = Duration::from_secs(120);
 
-pub(crate) async fn accept_offer(state: Arc<AppState>, offer: Description) -> Result<Description, ApiError> {
+/// Answers `offer` and serves the peer; returns the answer and where its trickled candidates go.
+pub(crate) async fn accept_offer(
+    state: Arc<AppState>,
+    offer: Description,
+) -> Result<(Description, RemoteCandidates), ApiError> {
     let config = PeerConfig { bind: state.config.rtc_bind };
     let (peer, answer) = Peer::answer(&config, &offer)
         .await
         .map_err(|e| ApiError::bad_request("invalid_offer", format!("cannot answer this offer: {e}")))?;
+    let candidates = peer.remote_candidates();
     tokio::spawn(serve_peer(state, peer));
-    Ok(answer)
+    Ok((answer, candidates))
 }
 
 async fn serve_peer(state: Arc<AppState>, mut peer: Peer) {

@@ -20,6 +20,6 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 }
 
 async fn offer(State(st): State<Arc<AppState>>, Json(offer): Json<Description>) -> Result<Response, ApiError> {
-    let answer = crate::rtc::accept_offer(Arc::clone(&st), offer).await?;
+    let (answer, _) = crate::rtc::accept_offer(Arc::clone(&st), offer).await?;
     Ok(json(StatusCode::OK, &answer))
 }

@@ -19,7 +19,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::response::Response;
 use axum::routing::get;
 use ferry_core::rate::Window;
-use ferry_core::signal::{Admission, Conn, Delivery, Inbound, Outbound, Rooms};
+use ferry_core::signal::{Admission, Conn, Delivery, Inbound, Outbound, Rooms, SERVER_PEER};
+use ferry_rtc::RemoteCandidates;
+use ferry_rtc::signaling::candidate_in;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 
@@ -41,6 +43,9 @@ pub struct Hub {
     queues: Mutex<HashMap<Conn, mpsc::Sender<Outbound>>>,
     next: AtomicU64,
 }
+
+/// A connection's offer to the server, and where the candidates it trickles after it go.
+type ServerPeer = Option<RemoteCandidates>;
 
 impl Hub {
     pub fn new(admission: Admission) -> Hub {
@@ -80,6 +85,7 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
     let mut errors = 0;
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut pong_due: Option<Instant> = None;
+    let mut server_peer: ServerPeer = None;
     let close = loop {
         tokio::select! {
             out = rx.recv() => {
@@ -124,6 +130,10 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
                     break Some((1008, "too many messages"));
                 }
                 match serde_json::from_str::<Inbound>(&text) {
+                    Ok(Inbound::Signal { to, data }) if to == SERVER_PEER => {
+                        let reply = to_server(&st, conn, &mut server_peer, data).await;
+                        hub.deliver(reply.into_iter().map(|m| (conn, m)).collect());
+                    }
                     Ok(inbound) => {
                         let deliveries = hub.rooms().handle(conn, inbound);
                         hub.deliver(deliveries);
@@ -143,5 +153,43 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
     if let Some((code, reason)) = close {
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
         let _ = sink.send(Message::Close(Some(frame))).await;
+    }
+}
+
+/// A `signal` for the server itself: an offer is answered (the server becomes a receiving peer,
+/// [`crate::rtc`]); candidates trickled after it are added. Returns what to tell the sender.
+async fn to_server(st: &Arc<AppState>, conn: Conn, peer: &mut ServerPeer, data: serde_json::Value) -> Option<Outbound> {
+    if st.signal.rooms().member(conn).is_none() {
+        return Some(Outbound::error("not_joined", "join a room first"));
+    }
+    if let Some(candidate) = candidate_in(&data) {
+        let Some(candidates) = peer.as_ref() else {
+            return Some(Outbound::error("invalid_signal", "a candidate before any offer"));
+        };
+        return match candidates.add(&candidate).await {
+            Ok(()) => None,
+            // Browsers offer candidates a server cannot use (mDNS names): not the peer's fault.
+            Err(e) => {
+                tracing::debug!(error = %e, "skipping a trickled candidate");
+                None
+            }
+        };
+    }
+    let offer = match serde_json::from_value::<ferry_rtc::Description>(data) {
+        Ok(d) if d.kind == "offer" => d,
+        _ => {
+            return Some(Outbound::error(
+                "invalid_signal",
+                "the server takes an offer ({\"type\":\"offer\",\"sdp\":…}) or a candidate",
+            ));
+        }
+    };
+    match crate::rtc::accept_offer(Arc::clone(st), offer).await {
+        Ok((answer, candidates)) => {
+            *peer = Some(candidates);
+            let data = serde_json::to_value(&answer).unwrap_or_default();
+            Some(Outbound::Signal { from: SERVER_PEER.to_owned(), data })
+        }
+        Err(e) => Some(Outbound::error(e.code, e.message)),
     }
 }
