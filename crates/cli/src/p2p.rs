@@ -39,6 +39,11 @@ pub struct PeerArgs {
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
 
+    /// A STUN server (stun:HOST[:PORT]) asked for this side's address outside a NAT, offered
+    /// beside the host candidate. Repeatable. TURN relays are not supported.
+    #[arg(long = "ice-server", env = "FERRY_ICE_SERVERS", value_delimiter = ',')]
+    ice_servers: Vec<ferry_rtc::IceServer>,
+
     #[command(flatten)]
     server: ServerArgs,
 
@@ -131,7 +136,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         Some(SERVER_PEER) => SERVER_PEER.to_owned(),
         wanted => sig.find_peer(wanted, args.wait).await.context("no peer to send to")?,
     };
-    let config = PeerConfig { bind: p.bind };
+    let config = PeerConfig { bind: p.bind, ice_servers: p.ice_servers.clone() };
     let (peer, mut chans) = connect::offer(&mut sig, &to, &config, &[CONTROL_LABEL, UPLOAD_LABELS[0]], args.wait)
         .await
         .with_context(|| format!("connecting to {to}"))?;
@@ -217,7 +222,7 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
-        let config = PeerConfig { bind: p.bind };
+        let config = PeerConfig { bind: p.bind, ice_servers: p.ice_servers.clone() };
         let expect = Expect { count: 2, enough: &UPLOAD_LABELS };
         let (peer, mut chans) = match connect::answer(&mut sig, &from, &offer, &config, expect, CONNECT_WAIT).await {
             Ok(x) => x,

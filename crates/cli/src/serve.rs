@@ -124,6 +124,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_RTC_BIND", default_value = "127.0.0.1")]
     rtc_bind: std::net::IpAddr,
 
+    /// A STUN server (stun:HOST[:PORT]) the WebRTC peer asks for its address outside a NAT, to
+    /// offer beside its host candidate. Repeatable. TURN relays are not supported.
+    #[arg(long = "ice-server", env = "FERRY_ICE_SERVERS", value_delimiter = ',')]
+    ice_servers: Vec<ferry_rtc::IceServer>,
+
     /// A token that admits peers to one signaling room (`/v1/signal`) besides the server's own:
     /// ROOM=TOKEN (repeatable).
     #[arg(long = "room-token", value_name = "ROOM=TOKEN")]
@@ -248,6 +253,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.events_idle_timeout = args.events_idle_timeout;
     config.events_keepalive = args.events_keepalive;
     config.rtc_bind = args.rtc_bind;
+    config.ice_servers = args.ice_servers.clone();
     for entry in &args.room_tokens {
         let (room, token) = entry
             .split_once('=')

@@ -13,9 +13,11 @@ pub mod connect;
 pub mod messages;
 pub mod peer;
 pub mod signaling;
+pub mod stun;
 pub mod transfer;
 
 pub use peer::ChannelSender;
 pub use peer::{
     DataChannel, Description, IceCandidate, Message, Peer, PeerConfig, PeerError, PeerEvent, RemoteCandidates,
 };
+pub use stun::IceServer;

@@ -18,6 +18,8 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+
+use crate::stun::IceServer;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -50,13 +52,18 @@ pub enum PeerError {
 pub struct PeerConfig {
     /// The address to bind and offer as the host candidate.
     pub bind: IpAddr,
+    /// STUN servers asked for a server-reflexive candidate (a NAT's outside address).
+    pub ice_servers: Vec<IceServer>,
 }
 
 impl Default for PeerConfig {
     fn default() -> PeerConfig {
-        PeerConfig { bind: IpAddr::V4(Ipv4Addr::LOCALHOST) }
+        PeerConfig { bind: IpAddr::V4(Ipv4Addr::LOCALHOST), ice_servers: Vec::new() }
     }
 }
+
+/// How long a STUN server has to answer before the peer goes on without it.
+const STUN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A browser-shaped ICE candidate (`RTCIceCandidateInit`), as peers trickle them over signaling:
 /// `{"candidate":"candidate:…","sdpMid":"0","sdpMLineIndex":0}`. An empty `candidate` marks the
@@ -269,6 +276,19 @@ impl Peer {
         let mut rtc = Rtc::builder().build(Instant::now());
         let candidate = Candidate::host(local, "udp").map_err(|e| PeerError::Sdp(e.to_string()))?;
         rtc.add_local_candidate(candidate);
+        for server in &config.ice_servers {
+            match crate::stun::reflexive_address(&socket, server, STUN_WAIT).await {
+                Some(mapped) if mapped != local => match Candidate::server_reflexive(mapped, local, "udp") {
+                    Ok(c) => {
+                        rtc.add_local_candidate(c);
+                    }
+                    Err(e) => tracing::warn!(%server, error = %e, "unusable server-reflexive address"),
+                },
+                // Not behind a NAT: the host candidate says it all.
+                Some(_) => {}
+                None => tracing::warn!(%server, "the STUN server did not answer; offering the host candidate only"),
+            }
+        }
         Ok((rtc, socket))
     }
 

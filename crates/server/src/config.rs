@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub max_room_peers: usize,
     /// The address the server's WebRTC peer sends from and offers as its candidate.
     pub rtc_bind: std::net::IpAddr,
+    /// STUN servers the WebRTC peer asks for its outside address.
+    pub ice_servers: Vec<ferry_rtc::IceServer>,
     /// Origins whose browser apps may call this server (`*` for any); empty: same origin only.
     pub cors_origins: Vec<String>,
 }
@@ -75,6 +77,7 @@ impl ServerConfig {
             webhooks: WebhookConfig::default(),
             cors_origins: Vec::new(),
             rtc_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            ice_servers: Vec::new(),
             room_tokens: BTreeMap::new(),
             signal_max_message: 64 * 1024,
             signal_rate: 100,
