@@ -354,8 +354,8 @@ pub async fn receive(
         None => (Reassembly::new(limits), None),
     };
     let transfer_id = progress.as_ref().map_or_else(|| format!("frames-{}", unique()), |p| p.transfer_id.clone());
-    let data_path = work_dir.join(format!("{transfer_id}.part"));
-    let state_path = work_dir.join(format!("{transfer_id}.json"));
+    let data_path = work_dir.join(format!("{}.part", stem(&transfer_id)));
+    let state_path = work_dir.join(format!("{}.json", stem(&transfer_id)));
     let dp = data_path.clone();
     let file = std::sync::Arc::new(
         blocking(move || {
@@ -484,7 +484,7 @@ async fn resume(
     mut p: Progress,
     limits: ReceiveLimits,
 ) -> Result<(Reassembly, Progress), TransferError> {
-    let state_path = work_dir.join(format!("{}.json", p.transfer_id));
+    let state_path = work_dir.join(format!("{}.json", stem(&p.transfer_id)));
     let sp = state_path.clone();
     let earlier: Option<Progress> =
         blocking(move || Ok(std::fs::read(&sp).ok().and_then(|b| serde_json::from_slice(&b).ok()))).await?;
@@ -540,6 +540,13 @@ pub fn clean_name(name: &str) -> String {
         "" | "." | ".." => "upload.bin".to_owned(),
         s => s.to_owned(),
     }
+}
+
+/// The file name a transfer's partial files take: a digest of the id the peer chose, so no id
+/// (`../x`, `/etc/passwd`, 10,000 characters) can name a path outside the work dir, and the same
+/// id finds the same files when its sender comes back.
+fn stem(transfer_id: &str) -> String {
+    hex::encode(&Sha256::digest(transfer_id.as_bytes())[..16])
 }
 
 fn unique() -> String {

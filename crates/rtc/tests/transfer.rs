@@ -216,3 +216,40 @@ async fn bad_input_ends_the_transfer_with_an_error_and_leaves_nothing() {
         assert_eq!(std::fs::read_dir(dir.path().join("work")).unwrap().count(), 0, "{code}: no leftovers");
     }
 }
+
+/// The transfer id is the peer's to choose; the receiver's file names are not: an id that looks
+/// like a path keeps its partial files inside the work dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_id_that_looks_like_a_path_stays_in_the_work_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("a").join("work");
+    let (sender, mut s, _receiver, r) = connect(&["control", "upload"]).await;
+    let (upload, control) = (s.pop().unwrap(), s.pop().unwrap());
+    let receiving = tokio::spawn({
+        let work = work.clone();
+        let out = dir.path().to_owned();
+        async move { receive_into(r, &work, &out).await }
+    });
+    let start = serde_json::json!({"type": "upload_start", "transfer_id": "../escape", "name": "x.bin",
+        "size": 2000, "chunk_size": 1000, "total_chunks": 2});
+    control.send(false, start.to_string().into_bytes()).await.unwrap();
+    upload.send(true, frame(0, 2, &[1u8; 1000])).await.unwrap();
+    // Wait for the chunk to be written, then vanish mid-transfer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0) < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no partial files appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((upload, control));
+    sender.close().await;
+    drop(sender);
+    let outcome = tokio::time::timeout(Duration::from_secs(60), receiving).await.unwrap().unwrap();
+    assert!(outcome.is_err(), "the transfer did not finish");
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path().join("a")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, ["work"], "nothing beside the work dir");
+    let kept: Vec<String> =
+        std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(kept.len(), 2, "the partial data and its state are kept for a resume: {kept:?}");
+    assert!(kept.iter().all(|n| !n.contains("escape") && !n.contains('/')));
+}

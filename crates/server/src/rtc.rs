@@ -65,8 +65,23 @@ async fn serve_peer(state: Arc<AppState>, mut peer: Peer) {
     }
 }
 
+/// Removes partial files not written to for `ttl`.
+fn sweep(dir: &std::path::Path, ttl: Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ttl));
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 async fn receive_one(state: Arc<AppState>, mut control: Option<DataChannel>, mut upload: DataChannel) {
-    let work = std::env::temp_dir().join("ferry-rtc");
+    // In the data dir, so a sender that comes back after a server restart resumes; transfers
+    // nobody came back for within the session lifetime are removed.
+    let work = state.config.data_dir.join("rtc-partial");
+    let (dir, ttl) = (work.clone(), state.config.session_ttl);
+    let _ = tokio::task::spawn_blocking(move || sweep(&dir, ttl)).await;
     let limits = ReceiveLimits { max_size: state.config.max_object_size, ..ReceiveLimits::default() };
     let received = match receive(control.as_mut(), &mut upload, &work, limits, |_| {}).await {
         Ok(r) => r,
