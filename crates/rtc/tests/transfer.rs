@@ -245,8 +245,10 @@ async fn a_transfer_id_that_looks_like_a_path_stays_in_the_work_dir() {
     drop(sender);
     let outcome = tokio::time::timeout(Duration::from_secs(60), receiving).await.unwrap().unwrap();
     assert!(outcome.is_err(), "the transfer did not finish");
-    let names: Vec<String> =
-        std::fs::read_dir(dir.path().join("a")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(names, ["work"], "nothing beside the work dir");
     let kept: Vec<String> =
         std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
