@@ -4,8 +4,8 @@
 //! backend's limits ([`plan`]), which object keys are acceptable ([`key`]), how an HTTP `Range`
 //! header is read ([`range`]), how part and object URLs are signed and checked ([`sign`]), the
 //! JSON shapes of the control-plane API ([`api`]) and its event stream ([`events`]), the
-//! data-channel framing and reassembly of seed 004 ([`frames`]), and the signaling rooms
-//! ([`signal`]).
+//! data-channel framing and reassembly of seed 004 ([`frames`]), the signaling rooms
+//! ([`signal`]), and which transport carries a file ([`transport`]).
 //!
 //! This crate must not do I/O, spawn tasks or read the clock: time is always an argument. That is
 //! what lets every rule here be tested exhaustively and fuzzed, and lets the server, the client and
@@ -22,4 +22,5 @@ pub mod resume;
 pub mod schedule;
 pub mod sign;
 pub mod signal;
+pub mod transport;
 pub mod units;
