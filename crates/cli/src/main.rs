@@ -8,6 +8,7 @@ mod output;
 mod p2p;
 mod progress;
 mod put;
+mod room;
 mod serve;
 mod watch;
 
@@ -46,6 +47,8 @@ enum Command {
     Send(p2p::SendArgs),
     /// Receive files sent with `ferry send` (or any seed-004 peer) into a directory.
     Recv(p2p::RecvArgs),
+    /// A room's manifest: the results its workers recorded.
+    Room(room::RoomArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +79,7 @@ fn main() -> std::process::ExitCode {
             Command::Reprocess(args) => admin::reprocess(args).await,
             Command::Send(args) => p2p::send(args).await,
             Command::Recv(args) => p2p::recv(args).await,
+            Command::Room(args) => room::run(args).await,
         }
     });
     match result {

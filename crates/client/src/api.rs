@@ -19,7 +19,7 @@ const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remov
 /// A connection to one ferry server with one token. Cheap to share behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct Api {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     base: String,
     token: String,
 }
@@ -62,15 +62,15 @@ impl Api {
         origin_of(&self.base)
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}/v1{path}", self.base)
     }
 
-    fn authed(&self, req: RequestBuilder) -> RequestBuilder {
+    pub(crate) fn authed(&self, req: RequestBuilder) -> RequestBuilder {
         req.bearer_auth(&self.token)
     }
 
-    async fn send(&self, what: &str, req: RequestBuilder) -> Result<Response, ClientError> {
+    pub(crate) async fn send(&self, what: &str, req: RequestBuilder) -> Result<Response, ClientError> {
         let res = req.send().await.map_err(|e| ClientError::network(what.to_owned(), e))?;
         if res.status().is_success() { Ok(res) } else { Err(api_error(res).await) }
     }

@@ -29,6 +29,7 @@ pub mod events;
 mod file;
 pub mod journal;
 mod progress;
+mod rooms;
 mod upload;
 mod watch;
 

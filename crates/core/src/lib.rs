@@ -5,7 +5,8 @@
 //! header is read ([`range`]), how part and object URLs are signed and checked ([`sign`]), the
 //! JSON shapes of the control-plane API ([`api`]) and its event stream ([`events`]), the
 //! data-channel framing and reassembly of seed 004 ([`frames`]), the signaling rooms
-//! ([`signal`]), and which transport carries a file ([`transport`]).
+//! ([`signal`]), which transport carries a file ([`transport`]), and a room's manifest of results
+//! ([`room`]).
 //!
 //! This crate must not do I/O, spawn tasks or read the clock: time is always an argument. That is
 //! what lets every rule here be tested exhaustively and fuzzed, and lets the server, the client and
@@ -19,6 +20,7 @@ pub mod plan;
 pub mod range;
 pub mod rate;
 pub mod resume;
+pub mod room;
 pub mod schedule;
 pub mod sign;
 pub mod signal;

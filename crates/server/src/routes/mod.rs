@@ -6,6 +6,7 @@ mod events;
 mod objects;
 mod ops;
 mod parts;
+mod rooms;
 mod rtc;
 pub(crate) mod signal;
 mod uploads;
@@ -35,6 +36,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(events::routes())
         .merge(rtc::routes())
         .merge(objects::api_routes())
+        .merge(rooms::routes())
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), crate::auth::require_bearer))
         // After the bearer layer: a WebSocket from a browser cannot carry the header, so the
         // token travels in its `join` message.
