@@ -135,7 +135,8 @@ test("cancel frees the session and its parts", async () => {
     await until(async () => (await api(server, `/uploads/${upload.upload_id}`)).body.parts.length >= 1, 60_000, "a part stored");
     await page.click("#queue li .cancel");
     await until(async () => (await api(server, `/uploads/${upload.upload_id}`)).body.state === "cancelled", 20_000, "cancelled");
-    assert.equal(existsSync(join(server.dataDir, "uploads", upload.upload_id)), false, "the parts are deleted");
+    // The session turns cancelled first, then its parts are deleted (the page's DELETE returns after both).
+    await until(async () => !existsSync(join(server.dataDir, "uploads", upload.upload_id)), 10_000, "the parts to be deleted");
     await until(async () => (await page.$eval("#queue li", (e) => e.dataset.state)) === "cancelled", 10_000, "the page to say so");
     const unfinished = await page.evaluate(() => localStorage.getItem("ferry.unfinished"));
     assert.equal(unfinished, "{}", "nothing is left to resume");
