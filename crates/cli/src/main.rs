@@ -10,7 +10,9 @@ mod progress;
 mod put;
 mod room;
 mod serve;
+mod submit;
 mod watch;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +51,12 @@ enum Command {
     Recv(p2p::RecvArgs),
     /// A room's manifest: the results its workers recorded.
     Room(room::RoomArgs),
+    /// Join a room as a worker and run the jobs clients submit.
+    Worker(Box<worker::WorkerArgs>),
+    /// Send a job to a worker in a room and follow it to its result.
+    Submit(Box<submit::SubmitArgs>),
+    /// Pause, resume or cancel a running job.
+    Job(submit::JobArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,6 +88,9 @@ fn main() -> std::process::ExitCode {
             Command::Send(args) => p2p::send(args).await,
             Command::Recv(args) => p2p::recv(args).await,
             Command::Room(args) => room::run(args).await,
+            Command::Worker(args) => worker::run(*args).await,
+            Command::Submit(args) => submit::submit(*args).await,
+            Command::Job(args) => submit::job(args).await,
         }
     });
     match result {

@@ -5,8 +5,8 @@
 //! header is read ([`range`]), how part and object URLs are signed and checked ([`sign`]), the
 //! JSON shapes of the control-plane API ([`api`]) and its event stream ([`events`]), the
 //! data-channel framing and reassembly of seed 004 ([`frames`]), the signaling rooms
-//! ([`signal`]), which transport carries a file ([`transport`]), and a room's manifest of results
-//! ([`room`]).
+//! ([`signal`]), which transport carries a file ([`transport`]), a room's manifest of results
+//! ([`room`]) and the messages of jobs run by workers ([`job`]).
 //!
 //! This crate must not do I/O, spawn tasks or read the clock: time is always an argument. That is
 //! what lets every rule here be tested exhaustively and fuzzed, and lets the server, the client and
@@ -15,6 +15,7 @@
 pub mod api;
 pub mod events;
 pub mod frames;
+pub mod job;
 pub mod key;
 pub mod plan;
 pub mod range;

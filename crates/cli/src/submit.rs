@@ -1,0 +1,284 @@
+//! `ferry submit`: sends a job to a worker in a room and follows it to its result; `ferry job
+//! pause|resume|cancel` steer a running job from anywhere.
+//!
+//! A local file is first uploaded (resumable parts) under `rooms/{room}/inputs/{job}/`; an
+//! object key is used as it is. The job's progress arrives over a WebRTC data channel to the
+//! job's own peer; Ctrl-C sends `cancel` and waits for the worker's answer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use ferry_client::{DownloadOptions, UploadOptions};
+use ferry_core::job::{JobMessage, JobResult, JobSignal, job_peer, valid_job_id};
+use ferry_core::signal::{Inbound, Outbound, Role};
+use ferry_rtc::connect;
+use ferry_rtc::messages::{MESSAGES_LABEL, Messages};
+use ferry_rtc::signaling::{Signaling, SignalingError};
+use ferry_rtc::{IceServer, PeerConfig};
+
+use crate::client::{OutputArgs, ServerArgs, human_bytes};
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// The room whose workers run the job.
+    #[arg(long, env = "FERRY_ROOM")]
+    room: String,
+
+    /// A local file (uploaded first) or the key of an object already on the server.
+    input: String,
+
+    /// Arguments for the job, appended to the worker's command.
+    #[arg(last = true)]
+    args: Vec<String>,
+
+    /// The worker to ask. Default: the first worker in the room (waiting for one).
+    #[arg(long)]
+    to: Option<String>,
+
+    /// This job's id. Default: a random one.
+    #[arg(long)]
+    job_id: Option<String>,
+
+    /// Download the job's outputs into this directory.
+    #[arg(long)]
+    download: Option<PathBuf>,
+
+    /// How long to wait for a worker and for its answers.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+
+    /// The local address to connect from (the host candidate offered).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+
+    /// A STUN server (stun:HOST[:PORT]) for a server-reflexive candidate. Repeatable.
+    #[arg(long = "ice-server", env = "FERRY_ICE_SERVERS", value_delimiter = ',')]
+    ice_servers: Vec<IceServer>,
+
+    #[command(flatten)]
+    server: ServerArgs,
+
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn token(server: &ServerArgs) -> anyhow::Result<String> {
+    server.token.clone().filter(|t| !t.is_empty()).context("no token: pass --token or set FERRY_TOKEN")
+}
+
+fn random_id() -> anyhow::Result<String> {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness for a job id: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let token = token(&args.server)?;
+    let api = args.server.api()?;
+    let out = args.output;
+    let job_id = match args.job_id.clone() {
+        Some(id) => id,
+        None => random_id()?,
+    };
+    if !valid_job_id(&job_id) {
+        bail!("job ids are 1 to 60 letters, digits, '-', '_'");
+    }
+    let say = |human: String, json: serde_json::Value| {
+        if out.json {
+            crate::output::line(&json.to_string());
+        } else {
+            eprintln!("{human}");
+        }
+    };
+
+    let input = if Path::new(&args.input).is_file() {
+        let path = PathBuf::from(&args.input);
+        let name = path.file_name().and_then(|n| n.to_str()).context("the input file has no name")?.to_owned();
+        let mut opts = UploadOptions::new(ferry_client::journal::default_state_dir());
+        opts.key = Some(format!("rooms/{}/inputs/{job_id}/{name}", args.room));
+        let (events, _) = ferry_client::events::channel();
+        let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency));
+        let up =
+            ferry_client::upload(Arc::clone(&api), path, opts, events, permits).await.context("uploading the input")?;
+        say(
+            format!(
+                "input {name}: {} uploaded as {} (HTTP parts: the worker reads it from the store)",
+                human_bytes(up.size),
+                up.key
+            ),
+            serde_json::json!({"type": "input", "key": up.key, "size": up.size, "sha256": up.sha256}),
+        );
+        up.key
+    } else {
+        args.input.clone()
+    };
+
+    let mut sig = Signaling::join(&args.server.server, &args.room, Role::Client, None, &token).await?;
+    let worker = find_worker(&mut sig, args.to.as_deref(), args.wait).await?;
+    let request = JobSignal::JobRequest { job_id: job_id.clone(), input: input.clone(), args: args.args.clone() };
+    sig.send(Inbound::PeerMessage { to: worker.clone(), payload: serde_json::to_value(&request)? }).await?;
+    let peer = loop {
+        match sig.recv(args.wait).await.context("no answer from the worker")? {
+            Outbound::PeerMessage { from, payload } if from == worker => match serde_json::from_value(payload) {
+                Ok(JobSignal::JobAccepted { job_id: id, peer }) if id == job_id => break peer,
+                Ok(JobSignal::Busy { job_id: id, message }) if id == job_id => bail!("{worker} is busy: {message}"),
+                Ok(JobSignal::JobRejected { job_id: id, message }) if id == job_id => {
+                    bail!("{worker} refused the job: {message}")
+                }
+                _ => continue,
+            },
+            Outbound::PeerLeft { peer_id } if peer_id == worker => bail!("{worker} left the room"),
+            _ => continue,
+        }
+    };
+    say(
+        format!("job {job_id} accepted by {worker}"),
+        serde_json::json!({"type": "accepted", "job_id": job_id, "worker": worker}),
+    );
+
+    let config = PeerConfig { bind: args.bind, ice_servers: args.ice_servers.clone() };
+    let (_peer, mut chans) = connect::offer(&mut sig, &peer, &config, &[MESSAGES_LABEL], args.wait)
+        .await
+        .with_context(|| format!("connecting to job {job_id}"))?;
+    let mut messages = Messages::new(chans.pop().context("no message channel")?);
+    let commands = messages.sender();
+    let mut cancel_sent = false;
+    let result: JobResult = loop {
+        let next = tokio::select! {
+            m = messages.recv::<JobMessage>() => m,
+            _ = tokio::signal::ctrl_c(), if !cancel_sent => {
+                cancel_sent = true;
+                say(format!("cancelling job {job_id}…"), serde_json::json!({"type": "cancelling", "job_id": job_id}));
+                commands.send(&JobMessage::Cancel { job_id: job_id.clone() }).await?;
+                continue;
+            }
+        };
+        match next {
+            Some(Ok(JobMessage::Result(r))) => break r,
+            Some(Ok(m @ JobMessage::Progress { .. })) if out.json => crate::output::line(&serde_json::to_string(&m)?),
+            Some(Ok(JobMessage::Progress { data, .. })) => eprintln!("progress {data}"),
+            Some(Ok(m @ (JobMessage::Log { .. } | JobMessage::State { .. }))) if out.json => {
+                crate::output::line(&serde_json::to_string(&m)?)
+            }
+            Some(Ok(JobMessage::Log { line, .. })) => eprintln!("  | {line}"),
+            Some(Ok(JobMessage::State { state, .. })) => eprintln!("job {job_id}: {state}"),
+            Some(Ok(_) | Err(_)) => {}
+            None => bail!(
+                "the connection to job {job_id} closed before its result; it runs on, and `ferry room ls {}` will show it",
+                args.room
+            ),
+        }
+    };
+
+    let mut downloaded = Vec::new();
+    if let Some(dir) = &args.download {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let prefix = format!("rooms/{}/results/{job_id}/", args.room);
+        for o in &result.outputs {
+            let rel = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
+            let dest =
+                rel.split('/').filter(|s| !s.is_empty() && *s != "." && *s != "..").fold(dir.clone(), |p, s| p.join(s));
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let (events, _) = ferry_client::events::channel();
+            let opts = DownloadOptions::new(ferry_client::journal::default_state_dir());
+            let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency));
+            let got =
+                ferry_client::download(Arc::clone(&api), o.key.clone(), dest.clone(), opts, events, permits).await?;
+            if got.sha256 != o.sha256 {
+                bail!("{} arrived with SHA-256 {}, not the worker's {}", o.key, got.sha256, o.sha256);
+            }
+            downloaded.push(dest.display().to_string());
+        }
+    }
+    if out.json {
+        let mut v = serde_json::to_value(&result)?;
+        v["type"] = "result".into();
+        v["downloaded"] = serde_json::to_value(&downloaded)?;
+        crate::output::line(&v.to_string());
+    } else {
+        crate::output::line(&format!(
+            "job {job_id}: {}{}",
+            result.status,
+            result.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+        ));
+        for o in &result.outputs {
+            crate::output::line(&format!("  {}  {}  sha256 {}", o.key, human_bytes(o.size), o.sha256));
+        }
+    }
+    if result.status == "succeeded" { Ok(()) } else { bail!("job {job_id} {}", result.status) }
+}
+
+/// `wanted` if given (waiting for it), else the first worker in the room.
+async fn find_worker(sig: &mut Signaling, wanted: Option<&str>, wait: Duration) -> anyhow::Result<String> {
+    if let Some(p) = sig.peers().iter().find(|p| wanted.map_or(p.role == Role::Worker, |w| w == p.peer_id)) {
+        return Ok(p.peer_id.clone());
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match sig.recv(left).await {
+            Ok(Outbound::PeerJoined { peer_id, role }) if wanted.map_or(role == Role::Worker, |w| w == peer_id) => {
+                return Ok(peer_id);
+            }
+            Ok(_) => {}
+            Err(SignalingError::Timeout(_)) => {
+                bail!("no worker in the room within {}", humantime::format_duration(wait))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct JobArgs {
+    #[command(subcommand)]
+    command: JobCommand,
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Stop a running job's command (SIGSTOP) until `resume`.
+    Pause(JobTarget),
+    /// Let a paused job's command run again (SIGCONT).
+    Resume(JobTarget),
+    /// End a job: SIGTERM, then SIGKILL after the worker's grace time.
+    Cancel(JobTarget),
+}
+
+#[derive(Args)]
+struct JobTarget {
+    /// The job's id.
+    id: String,
+    #[arg(long, env = "FERRY_ROOM")]
+    room: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+pub async fn job(args: JobArgs) -> anyhow::Result<()> {
+    let (t, make): (JobTarget, fn(String) -> JobMessage) = match args.command {
+        JobCommand::Pause(t) => (t, |job_id| JobMessage::Pause { job_id }),
+        JobCommand::Resume(t) => (t, |job_id| JobMessage::Resume { job_id }),
+        JobCommand::Cancel(t) => (t, |job_id| JobMessage::Cancel { job_id }),
+    };
+    if !valid_job_id(&t.id) {
+        bail!("job ids are 1 to 60 letters, digits, '-', '_'");
+    }
+    let token = token(&t.server)?;
+    let mut sig = Signaling::join(&t.server.server, &t.room, Role::Client, None, &token).await?;
+    let to = job_peer(&t.id);
+    if !sig.peers().iter().any(|p| p.peer_id == to) {
+        bail!("no running job {} in room {}", t.id, t.room);
+    }
+    sig.send(Inbound::PeerMessage { to, payload: serde_json::to_value(make(t.id.clone()))? }).await?;
+    // A refusal (the job ended meanwhile) arrives as an error; silence means it was delivered.
+    match sig.recv(Duration::from_millis(500)).await {
+        Err(SignalingError::Refused { message, .. }) => bail!("{message}"),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,155 @@
+//! Workers and jobs on a real `ferry serve`: two `ferry worker` processes and `ferry submit`
+//! clients in one room, all on loopback. A job runs end to end (input uploaded, progress and log
+//! lines streamed over the data channel, outputs uploaded, downloaded and verified, recorded in
+//! the room's manifest); pause, resume and cancel reach the command's process (its state is read
+//! from /proc); a worker at its limit answers `busy`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// The job's command: reports progress as JSON lines, logs a plain line, and writes two outputs
+/// (one in a subdirectory). With a third argument it first writes its pid there and loops until
+/// killed, reporting progress.
+const SCRIPT: &str = r#"#!/bin/sh
+in="$1"; out="$2"
+echo '{"pct": 0}'
+echo "reading $(wc -c < "$in" | tr -d ' ') bytes"
+if [ -n "$3" ]; then
+  echo $$ > "$3"
+  i=0
+  while true; do i=$((i + 1)); echo "{\"tick\": $i}"; sleep 0.1; done
+fi
+wc -c < "$in" | tr -d ' ' > "$out/count.txt"
+mkdir -p "$out/sub"
+sha256sum "$in" | cut -d' ' -f1 > "$out/sub/digest.txt"
+echo '{"pct": 100}'
+"#;
+
+fn worker(srv: &TestServer, dir: &Path, name: &str, jobs: &str) -> tokio::process::Child {
+    let script = dir.join("job.sh");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let exec = format!("sh {} {{input}} {{output_dir}}", script.display());
+    let work = dir.join(format!("work-{name}"));
+    let args = ["worker", "--room", "lab", "--name", name, "--jobs", jobs, "--exec", &exec, "--kill-grace", "2s"];
+    let mut cmd = ferry(&srv.url, &dir.join(format!("state-{name}")), &args);
+    cmd.arg("--work-dir").arg(work).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.spawn().unwrap()
+}
+
+/// `ferry submit … -- job_args` (the server flags go before the `--`).
+fn submit(srv: &TestServer, state: &Path, args: &[&str], job_args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.arg("submit")
+        .args(args)
+        .args(["--room", "lab", "--json", "--server", &srv.url, "--token", TOKEN])
+        .arg("--")
+        .args(job_args)
+        .env("FERRY_STATE_DIR", state)
+        .env("FERRY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_end_to_end_and_its_outputs_come_back_verified() {
+    let srv = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _w1 = worker(&srv, dir.path(), "w1", "1");
+    let _w2 = worker(&srv, dir.path(), "w2", "1");
+    let bytes = data(3 * 1024 * 1024 + 5, 9);
+    let input = write_file(dir.path(), "frames.bin", &bytes);
+    let down = dir.path().join("down");
+    let args = ["--to", "w2", "--job-id", "job-e2e", "--download", down.to_str().unwrap(), input.to_str().unwrap()];
+    let (ok, lines, err) = run_json(submit(&srv, &dir.path().join("state"), &args, &[])).await;
+    assert!(ok, "{err}");
+    let r = result_of(&lines);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let progress: Vec<&Value> = lines.iter().filter(|l| l["type"] == "progress").map(|l| &l["data"]).collect();
+    assert_eq!(progress, [&serde_json::json!({"pct": 0}), &serde_json::json!({"pct": 100})]);
+    let logs: Vec<&str> = lines.iter().filter(|l| l["type"] == "log").filter_map(|l| l["line"].as_str()).collect();
+    assert_eq!(logs, [format!("reading {} bytes", bytes.len())]);
+    assert!(lines.iter().any(|l| l["type"] == "accepted" && l["worker"] == "w2"));
+
+    let digest = sha256_hex(&bytes);
+    assert_eq!(std::fs::read_to_string(down.join("count.txt")).unwrap().trim(), bytes.len().to_string());
+    assert_eq!(std::fs::read_to_string(down.join("sub/digest.txt")).unwrap().trim(), digest);
+    let keys: Vec<&str> = r["outputs"].as_array().unwrap().iter().map(|o| o["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["rooms/lab/results/job-e2e/count.txt", "rooms/lab/results/job-e2e/sub/digest.txt"]);
+
+    let manifest: Value = srv.get("/rooms/lab/manifest").await.json().await.unwrap();
+    let entry = &manifest["entries"][0];
+    assert_eq!((entry["job_id"].as_str(), entry["worker"].as_str()), (Some("job-e2e"), Some("w2")));
+    assert_eq!(entry["inputs"][0], "rooms/lab/inputs/job-e2e/frames.bin");
+    assert_eq!(entry["outputs"], r["outputs"]);
+}
+
+/// The state letter of a process (`T` when stopped), or `None` once it is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn job_cmd(srv: &TestServer, dir: &Path, verb: &str, id: &str) -> tokio::process::Command {
+    ferry(&srv.url, &dir.join("state"), &["job", verb, id, "--room", "lab"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_cancel_reach_the_command_and_a_busy_worker_says_so() {
+    let srv = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _w = worker(&srv, dir.path(), "solo", "1");
+    let input = write_file(dir.path(), "in.txt", b"hello");
+    let pid_file = dir.path().join("pid");
+    let state = dir.path().join("state");
+    let args = ["--to", "solo", "--job-id", "long", input.to_str().unwrap()];
+    let (job, lines, mut seen) = run_until(submit(&srv, &state, &args, &[pid_file.to_str().unwrap()]), |v| {
+        v["type"] == "progress" && v["data"]["tick"].is_number()
+    })
+    .await;
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(matches!(proc_state(pid), Some('S' | 'R')), "running: {:?}", proc_state(pid));
+
+    // One job at a time: a second one is refused with `busy`.
+    let other = ["--to", "solo", "--job-id", "second", input.to_str().unwrap()];
+    let (ok, _, err) = run_json(submit(&srv, &state, &other, &[])).await;
+    assert!(!ok && err.contains("busy"), "{err}");
+
+    let (ok, _, err) = run_json(job_cmd(&srv, dir.path(), "pause", "long")).await;
+    assert!(ok, "{err}");
+    wait_for("the command to stop", || proc_state(pid) == Some('T')).await;
+    let (ok, _, err) = run_json(job_cmd(&srv, dir.path(), "resume", "long")).await;
+    assert!(ok, "{err}");
+    wait_for("the command to run again", || matches!(proc_state(pid), Some('S' | 'R'))).await;
+    let (ok, _, err) = run_json(job_cmd(&srv, dir.path(), "cancel", "long")).await;
+    assert!(ok, "{err}");
+    wait_for("the command to end", || proc_state(pid).is_none_or(|s| s == 'Z')).await;
+
+    assert!(!finish(job, lines, &mut seen).await, "a cancelled job is not a success");
+    let r = result_of(&seen);
+    assert_eq!(r["status"], "cancelled");
+    let states: Vec<&str> = seen.iter().filter(|l| l["type"] == "state").filter_map(|l| l["state"].as_str()).collect();
+    for s in ["running", "paused", "cancelling"] {
+        assert!(states.contains(&s), "{s} in {states:?}");
+    }
+    let (ok, _, err) = run_json(job_cmd(&srv, dir.path(), "pause", "long")).await;
+    assert!(!ok && err.contains("no running job"), "{err}");
+    let manifest: Value = srv.get("/rooms/lab/manifest").await.json().await.unwrap();
+    assert_eq!(manifest["entries"][0]["status"], "cancelled");
+}
