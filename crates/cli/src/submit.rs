@@ -146,6 +146,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let mut messages = Messages::new(chans.pop().context("no message channel")?);
     let commands = messages.sender();
     let mut cancel_sent = false;
+    let mut signaling_open = true;
     let result: JobResult = loop {
         let next = tokio::select! {
             m = messages.recv::<JobMessage>() => m,
@@ -153,6 +154,22 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 cancel_sent = true;
                 say(format!("cancelling job {job_id}…"), serde_json::json!({"type": "cancelling", "job_id": job_id}));
                 commands.send(&JobMessage::Cancel { job_id: job_id.clone() }).await?;
+                continue;
+            }
+            // A worker that dies takes its signaling connection with it at once; its side of the
+            // data channel would only time out.
+            m = sig.recv(Duration::from_secs(3600)), if signaling_open => {
+                match m {
+                    Ok(Outbound::PeerLeft { peer_id }) if peer_id == worker => {
+                        // A result already on its way still counts.
+                        match tokio::time::timeout(Duration::from_secs(1), messages.recv::<JobMessage>()).await {
+                            Ok(Some(Ok(JobMessage::Result(r)))) => break r,
+                            _ => return Err(worker_lost(&say, &job_id, &worker)),
+                        }
+                    }
+                    Ok(_) | Err(SignalingError::Timeout(_)) => {}
+                    Err(_) => signaling_open = false,
+                }
                 continue;
             }
         };
@@ -166,51 +183,43 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             Some(Ok(JobMessage::Log { line, .. })) => eprintln!("  | {line}"),
             Some(Ok(JobMessage::State { state, .. })) => eprintln!("job {job_id}: {state}"),
             Some(Ok(_) | Err(_)) => {}
-            None => bail!(
-                "the connection to job {job_id} closed before its result; it runs on, and `ferry room ls {}` will show it",
-                args.room
-            ),
+            None => {
+                if gone(&mut sig, &worker).await {
+                    return Err(worker_lost(&say, &job_id, &worker));
+                }
+                bail!(
+                    "the connection to job {job_id} closed before its result; it runs on: `ferry job attach {job_id} --room {}` waits for it",
+                    args.room
+                )
+            }
         }
     };
 
-    let mut downloaded = Vec::new();
-    if let Some(dir) = &args.download {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let prefix = format!("rooms/{}/results/{job_id}/", args.room);
-        for o in &result.outputs {
-            let rel = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
-            let dest =
-                rel.split('/').filter(|s| !s.is_empty() && *s != "." && *s != "..").fold(dir.clone(), |p, s| p.join(s));
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-            }
-            let (events, _) = ferry_client::events::channel();
-            let opts = DownloadOptions::new(ferry_client::journal::default_state_dir());
-            let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency));
-            let got =
-                ferry_client::download(Arc::clone(&api), o.key.clone(), dest.clone(), opts, events, permits).await?;
-            if got.sha256 != o.sha256 {
-                bail!("{} arrived with SHA-256 {}, not the worker's {}", o.key, got.sha256, o.sha256);
-            }
-            downloaded.push(dest.display().to_string());
+    finish_result(&api, &args.room, result, args.download.as_deref(), out).await
+}
+
+/// Reports a job whose worker went away before its result.
+fn worker_lost(say: &impl Fn(String, serde_json::Value), job_id: &str, worker: &str) -> anyhow::Error {
+    say(
+        format!("job {job_id}: failed: {worker} went away before it finished"),
+        serde_json::json!({"type": "result", "job_id": job_id, "status": "failed",
+            "message": format!("{worker} went away before the job finished"), "outputs": []}),
+    );
+    anyhow::anyhow!("job {job_id} failed: {worker} went away before it finished")
+}
+
+/// Whether the worker left the room (within a moment of the job's channel closing): then the job
+/// ended without a result, rather than the connection to it being lost.
+async fn gone(sig: &mut Signaling, worker: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match sig.recv(left).await {
+            Ok(Outbound::PeerLeft { peer_id }) if peer_id == worker => return true,
+            Ok(_) => {}
+            Err(_) => return false,
         }
     }
-    if out.json {
-        let mut v = serde_json::to_value(&result)?;
-        v["type"] = "result".into();
-        v["downloaded"] = serde_json::to_value(&downloaded)?;
-        crate::output::line(&v.to_string());
-    } else {
-        crate::output::line(&format!(
-            "job {job_id}: {}{}",
-            result.status,
-            result.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
-        ));
-        for o in &result.outputs {
-            crate::output::line(&format!("  {}  {}  sha256 {}", o.key, human_bytes(o.size), o.sha256));
-        }
-    }
-    if result.status == "succeeded" { Ok(()) } else { bail!("job {job_id} {}", result.status) }
 }
 
 /// `wanted` if given (waiting for it), else the first worker in the room.
@@ -248,6 +257,19 @@ enum JobCommand {
     Resume(JobTarget),
     /// End a job: SIGTERM, then SIGKILL after the worker's grace time.
     Cancel(JobTarget),
+    /// Wait for a job's result (its client may be long gone) and optionally download its outputs.
+    Attach {
+        #[command(flatten)]
+        target: JobTarget,
+        /// Download the job's outputs into this directory.
+        #[arg(long)]
+        download: Option<PathBuf>,
+        /// How long to wait for the job to finish.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Args)]
@@ -265,6 +287,7 @@ pub async fn job(args: JobArgs) -> anyhow::Result<()> {
         JobCommand::Pause(t) => (t, |job_id| JobMessage::Pause { job_id }),
         JobCommand::Resume(t) => (t, |job_id| JobMessage::Resume { job_id }),
         JobCommand::Cancel(t) => (t, |job_id| JobMessage::Cancel { job_id }),
+        JobCommand::Attach { target, download, wait, output } => return attach(target, download, wait, output).await,
     };
     if !valid_job_id(&t.id) {
         bail!("job ids are 1 to 60 letters, digits, '-', '_'");
@@ -281,4 +304,82 @@ pub async fn job(args: JobArgs) -> anyhow::Result<()> {
         Err(SignalingError::Refused { message, .. }) => bail!("{message}"),
         _ => Ok(()),
     }
+}
+
+/// Waits for the job's entry in the room's manifest: a worker records every job it ran, whether
+/// or not its client stayed to hear the result.
+async fn attach(t: JobTarget, download: Option<PathBuf>, wait: Duration, out: OutputArgs) -> anyhow::Result<()> {
+    if !valid_job_id(&t.id) {
+        bail!("job ids are 1 to 60 letters, digits, '-', '_'");
+    }
+    let api = t.server.api()?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut said = false;
+    let entry = loop {
+        let (m, _) = api.manifest(&t.room).await?;
+        if let Some(e) = m.entries.into_iter().find(|e| e.job_id == t.id) {
+            break e;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("job {} has no result in room {} after {}", t.id, t.room, humantime::format_duration(wait));
+        }
+        if !said && !out.json {
+            eprintln!("job {}: waiting for its result…", t.id);
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let result = JobResult { job_id: entry.job_id, status: entry.status, message: None, outputs: entry.outputs };
+    finish_result(&api, &t.room, result, download.as_deref(), out).await
+}
+
+/// Downloads (and checks) the outputs if asked, prints the result, and fails unless it succeeded.
+async fn finish_result(
+    api: &Arc<ferry_client::Api>,
+    room: &str,
+    result: JobResult,
+    download: Option<&Path>,
+    out: OutputArgs,
+) -> anyhow::Result<()> {
+    let job_id = result.job_id.clone();
+    let mut downloaded = Vec::new();
+    if let Some(dir) = download {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let prefix = format!("rooms/{room}/results/{job_id}/");
+        for o in &result.outputs {
+            let rel = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
+            let dest = rel
+                .split('/')
+                .filter(|s| !s.is_empty() && *s != "." && *s != "..")
+                .fold(dir.to_owned(), |p, s| p.join(s));
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let (events, _) = ferry_client::events::channel();
+            let opts = DownloadOptions::new(ferry_client::journal::default_state_dir());
+            let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency));
+            let got =
+                ferry_client::download(Arc::clone(api), o.key.clone(), dest.clone(), opts, events, permits).await?;
+            if got.sha256 != o.sha256 {
+                bail!("{} arrived with SHA-256 {}, not the worker's {}", o.key, got.sha256, o.sha256);
+            }
+            downloaded.push(dest.display().to_string());
+        }
+    }
+    if out.json {
+        let mut v = serde_json::to_value(&result)?;
+        v["type"] = "result".into();
+        v["downloaded"] = serde_json::to_value(&downloaded)?;
+        crate::output::line(&v.to_string());
+    } else {
+        crate::output::line(&format!(
+            "job {job_id}: {}{}",
+            result.status,
+            result.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+        ));
+        for o in &result.outputs {
+            crate::output::line(&format!("  {}  {}  sha256 {}", o.key, human_bytes(o.size), o.sha256));
+        }
+    }
+    if result.status == "succeeded" { Ok(()) } else { bail!("job {job_id} {}", result.status) }
 }

@@ -15,13 +15,14 @@ use common::*;
 use serde_json::Value;
 
 /// The job's command: reports progress as JSON lines, logs a plain line, and writes two outputs
-/// (one in a subdirectory). With a third argument it first writes its pid there and loops until
-/// killed, reporting progress.
+/// (one in a subdirectory). With a third argument `slow` it takes two seconds first; with any
+/// other, it writes its pid there and loops until killed, reporting progress.
 const SCRIPT: &str = r#"#!/bin/sh
 in="$1"; out="$2"
 echo '{"pct": 0}'
 echo "reading $(wc -c < "$in" | tr -d ' ') bytes"
-if [ -n "$3" ]; then
+if [ "$3" = "slow" ]; then sleep 2; fi
+if [ -n "$3" ] && [ "$3" != "slow" ]; then
   echo $$ > "$3"
   i=0
   while true; do i=$((i + 1)); echo "{\"tick\": $i}"; sleep 0.1; done
@@ -152,4 +153,73 @@ async fn pause_resume_and_cancel_reach_the_command_and_a_busy_worker_says_so() {
     assert!(!ok && err.contains("no running job"), "{err}");
     let manifest: Value = srv.get("/rooms/lab/manifest").await.json().await.unwrap();
     assert_eq!(manifest["entries"][0]["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_is_reported_as_failed() {
+    let srv = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = worker(&srv, dir.path(), "doomed", "1");
+    let input = write_file(dir.path(), "in.txt", b"hello");
+    let pid_file = dir.path().join("pid");
+    let args = ["--to", "doomed", "--job-id", "doomed-job", input.to_str().unwrap()];
+    let (job, lines, mut seen) =
+        run_until(submit(&srv, &dir.path().join("state"), &args, &[pid_file.to_str().unwrap()]), |v| {
+            v["type"] == "progress" && v["data"]["tick"].is_number()
+        })
+        .await;
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    w.start_kill().unwrap();
+    w.wait().await.unwrap();
+    assert!(!finish(job, lines, &mut seen).await, "the client exits with an error");
+    let r = result_of(&seen);
+    assert_eq!((r["status"].as_str(), r["job_id"].as_str()), (Some("failed"), Some("doomed-job")), "{r}");
+    assert!(r["message"].as_str().unwrap().contains("doomed went away"), "{r}");
+    // The command was in the worker's process group's care; the kill -9 of the worker leaves it
+    // to be reaped by init, and it is not the client's business: end it here.
+    let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_end_to_end_on_the_s3_store() {
+    let s3 = common::s3::S3Server::s3s_fs();
+    let srv = TestServer::start_s3(&s3.endpoint, "jobs", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _w = worker(&srv, dir.path(), "w1", "1");
+    let bytes = data(6 * 1024 * 1024 + 1, 10);
+    let input = write_file(dir.path(), "set.csv", &bytes);
+    let down = dir.path().join("down");
+    let args = ["--job-id", "s3-job", "--download", down.to_str().unwrap(), input.to_str().unwrap()];
+    let (ok, lines, err) = run_json(submit(&srv, &dir.path().join("state"), &args, &[])).await;
+    assert!(ok, "{err}");
+    assert_eq!(result_of(&lines)["status"], "succeeded");
+    assert_eq!(std::fs::read_to_string(down.join("sub/digest.txt")).unwrap().trim(), sha256_hex(&bytes));
+    let manifest: Value = srv.get("/rooms/lab/manifest").await.json().await.unwrap();
+    assert_eq!(manifest["entries"][0]["job_id"], "s3-job");
+    assert_eq!(manifest["entries"][0]["outputs"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_outlives_its_client_and_attach_gets_the_result() {
+    let srv = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _w = worker(&srv, dir.path(), "w1", "1");
+    let bytes = b"some input".to_vec();
+    let input = write_file(dir.path(), "in.txt", &bytes);
+    let state = dir.path().join("state");
+    let args = ["--to", "w1", "--job-id", "orphan", input.to_str().unwrap()];
+    let (mut client, _lines, _) = run_until(submit(&srv, &state, &args, &["slow"]), |v| v["type"] == "progress").await;
+    client.start_kill().unwrap();
+    client.wait().await.unwrap();
+
+    let down = dir.path().join("down");
+    let attach = ["job", "attach", "orphan", "--room", "lab", "--json", "--download", down.to_str().unwrap()];
+    let (ok, lines, err) = run_json(ferry(&srv.url, &state, &attach)).await;
+    assert!(ok, "{err}");
+    let r = result_of(&lines);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(std::fs::read_to_string(down.join("count.txt")).unwrap().trim(), bytes.len().to_string());
+    let unknown = ["job", "attach", "nobody", "--room", "lab", "--wait", "1s"];
+    let (ok, _, err) = run_json(ferry(&srv.url, &state, &unknown)).await;
+    assert!(!ok && err.contains("no result"), "{err}");
 }
