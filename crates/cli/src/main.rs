@@ -4,6 +4,7 @@
 mod admin;
 mod client;
 mod get;
+mod hybrid;
 mod output;
 mod p2p;
 mod progress;

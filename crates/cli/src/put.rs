@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use ferry_client::{UploadOptions, events, journal};
 use ferry_core::schedule::RetryPolicy;
@@ -56,6 +56,9 @@ pub struct PutArgs {
     webhook_url: Option<String>,
 
     #[command(flatten)]
+    room: crate::hybrid::RoomTarget,
+
+    #[command(flatten)]
     server: ServerArgs,
 
     #[command(flatten)]
@@ -68,6 +71,41 @@ pub async fn run(args: PutArgs) -> anyhow::Result<()> {
     }
     if args.retries == 0 {
         bail!("--retries must be at least 1");
+    }
+    if args.room.to.is_some() {
+        if args.files.len() != 1 {
+            bail!("--to sends one file");
+        }
+        if args.processor.is_some() || args.follow || args.webhook_url.is_some() {
+            bail!("--processor, --follow and --webhook-url are for uploads through the server; leave out --to");
+        }
+        let file = &args.files[0];
+        let name = match &args.key {
+            Some(k) => k.clone(),
+            None => file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_owned)
+                .context("the file has no name; pass --key")?,
+        };
+        if let crate::hybrid::Outcome::Sent(r) =
+            crate::hybrid::send(&args.room, &args.server, args.output, file, &name).await?
+        {
+            if args.output.json {
+                let mut v = serde_json::to_value(&r)?;
+                v["type"] = "result".into();
+                v["transport"] = "data_channel".into();
+                crate::output::line(&v.to_string());
+            } else {
+                crate::output::line(&format!(
+                    "{}  {}  sha256 {}  [data channel]",
+                    r.stored_as,
+                    human_bytes(r.size),
+                    r.sha256
+                ));
+            }
+            return Ok(());
+        }
     }
     let api = args.server.api()?;
     let mut opts = UploadOptions::new(journal::default_state_dir());
