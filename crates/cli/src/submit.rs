@@ -120,6 +120,13 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let worker = find_worker(&mut sig, args.to.as_deref(), args.wait).await?;
     let request = JobSignal::JobRequest { job_id: job_id.clone(), input: input.clone(), args: args.args.clone() };
     sig.send(Inbound::PeerMessage { to: worker.clone(), payload: serde_json::to_value(&request)? }).await?;
+    let requested = std::time::Instant::now();
+    // JSON lines carry the time since the request, so a caller can tell how soon the job spoke.
+    let stamped = |m: &JobMessage| -> anyhow::Result<String> {
+        let mut v = serde_json::to_value(m)?;
+        v["elapsed_ms"] = (requested.elapsed().as_secs_f64() * 1000.0).into();
+        Ok(v.to_string())
+    };
     let peer = loop {
         match sig.recv(args.wait).await.context("no answer from the worker")? {
             Outbound::PeerMessage { from, payload } if from == worker => match serde_json::from_value(payload) {
@@ -136,7 +143,8 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     };
     say(
         format!("job {job_id} accepted by {worker}"),
-        serde_json::json!({"type": "accepted", "job_id": job_id, "worker": worker}),
+        serde_json::json!({"type": "accepted", "job_id": job_id, "worker": worker,
+            "elapsed_ms": requested.elapsed().as_secs_f64() * 1000.0}),
     );
 
     let config = PeerConfig { bind: args.bind, ice_servers: args.ice_servers.clone() };
@@ -175,10 +183,10 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         };
         match next {
             Some(Ok(JobMessage::Result(r))) => break r,
-            Some(Ok(m @ JobMessage::Progress { .. })) if out.json => crate::output::line(&serde_json::to_string(&m)?),
+            Some(Ok(m @ JobMessage::Progress { .. })) if out.json => crate::output::line(&stamped(&m)?),
             Some(Ok(JobMessage::Progress { data, .. })) => eprintln!("progress {data}"),
             Some(Ok(m @ (JobMessage::Log { .. } | JobMessage::State { .. }))) if out.json => {
-                crate::output::line(&serde_json::to_string(&m)?)
+                crate::output::line(&stamped(&m)?)
             }
             Some(Ok(JobMessage::Log { line, .. })) => eprintln!("  | {line}"),
             Some(Ok(JobMessage::State { state, .. })) => eprintln!("job {job_id}: {state}"),

@@ -202,13 +202,13 @@ async fn run_job(
     // The client connects to the job's peer; without it (gone, or no data channel) the job runs
     // anyway and its result is still stored.
     let mut channel: Option<Messages> = None;
-    let mut _peer = None;
+    let mut peer = None;
     if let Ok((from, offer)) = sig.wait_description("offer", Some(client), Duration::from_secs(30), |_| {}).await {
         let expect = Expect { count: 1, enough: &[MESSAGES_LABEL] };
         match connect::answer(&mut sig, &from, &offer, &w.peer, expect, Duration::from_secs(30)).await {
-            Ok((peer, mut chans)) => {
+            Ok((p, mut chans)) => {
                 channel = chans.pop().map(Messages::new);
-                _peer = Some(peer);
+                peer = Some(p);
             }
             Err(e) => eprintln!("ferry worker: job {job_id}: no data channel to {client}: {e}"),
         }
@@ -249,11 +249,17 @@ async fn run_job(
         finished_at: now(),
     };
     w.api.record_in_manifest(&w.room, &entry).await.context("recording the job in the room's manifest")?;
+    let _ = std::fs::remove_dir_all(&dir);
     let result = JobResult { job_id: job_id.to_owned(), status: status.to_owned(), message, outputs };
     report.send(&JobMessage::Result(result)).await;
-    // Let the result leave before the connection closes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    // The connection stays a moment for the result to leave, but the job's slot is free now: a
+    // client that submits its next job the moment this one ends must not be told `busy`.
+    if let Some(peer) = peer.take() {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            peer.close().await;
+        });
+    }
     Ok(())
 }
 
@@ -325,6 +331,11 @@ async fn execute(
             match sig.recv(Duration::from_secs(3600)).await {
                 Ok(Outbound::PeerMessage { payload, .. }) => serde_json::from_value::<JobMessage>(payload).ok(),
                 Ok(_) | Err(SignalingError::Timeout(_)) => None,
+                // A refusal (a candidate for a client that has left) leaves the connection usable.
+                Err(e @ (SignalingError::Refused { .. } | SignalingError::Protocol(_))) => {
+                    tracing::debug!(job_id, error = %e, "signaling");
+                    None
+                }
                 Err(_) => std::future::pending().await,
             }
         };
@@ -365,6 +376,9 @@ async fn execute(
             }
             status = child.wait(), if stdout.is_none() && stderr.is_none() => break status?,
         };
+        if let Some(c) = &control {
+            tracing::debug!(job_id, command = ?c, "job command");
+        }
         match control {
             Some(JobMessage::Pause { job_id: id }) if id == job_id => {
                 signal(Signal::SIGSTOP);

@@ -40,7 +40,8 @@ fn worker(srv: &TestServer, dir: &Path, name: &str, jobs: &str) -> tokio::proces
     let work = dir.join(format!("work-{name}"));
     let args = ["worker", "--room", "lab", "--name", name, "--jobs", jobs, "--exec", &exec, "--kill-grace", "2s"];
     let mut cmd = ferry(&srv.url, &dir.join(format!("state-{name}")), &args);
-    cmd.arg("--work-dir").arg(work).stdout(Stdio::null()).stderr(Stdio::null());
+    let log = std::fs::File::create(dir.join(format!("worker-{name}.log"))).unwrap();
+    cmd.arg("--work-dir").arg(work).env("FERRY_LOG", "ferry=debug,warn").stdout(Stdio::null()).stderr(log);
     cmd.spawn().unwrap()
 }
 
@@ -99,10 +100,14 @@ fn proc_state(pid: u32) -> Option<char> {
     stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+/// Waits for `cond`; on a timeout, the failure shows the worker's log (in `dir`).
+async fn wait_for(dir: &Path, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        if tokio::time::Instant::now() >= deadline {
+            let log = std::fs::read_to_string(dir.join("worker-solo.log")).unwrap_or_default();
+            panic!("timed out waiting for {what}; the worker's log:\n{log}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -134,13 +139,13 @@ async fn pause_resume_and_cancel_reach_the_command_and_a_busy_worker_says_so() {
 
     let (ok, _, err) = run_json(job_cmd(&srv, dir.path(), "pause", "long")).await;
     assert!(ok, "{err}");
-    wait_for("the command to stop", || proc_state(pid) == Some('T')).await;
+    wait_for(dir.path(), "the command to stop", || proc_state(pid) == Some('T')).await;
     let (ok, _, err) = run_json(job_cmd(&srv, dir.path(), "resume", "long")).await;
     assert!(ok, "{err}");
-    wait_for("the command to run again", || matches!(proc_state(pid), Some('S' | 'R'))).await;
+    wait_for(dir.path(), "the command to run again", || matches!(proc_state(pid), Some('S' | 'R'))).await;
     let (ok, _, err) = run_json(job_cmd(&srv, dir.path(), "cancel", "long")).await;
     assert!(ok, "{err}");
-    wait_for("the command to end", || proc_state(pid).is_none_or(|s| s == 'Z')).await;
+    wait_for(dir.path(), "the command to end", || proc_state(pid).is_none_or(|s| s == 'Z')).await;
 
     assert!(!finish(job, lines, &mut seen).await, "a cancelled job is not a success");
     let r = result_of(&seen);
