@@ -17,9 +17,35 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// The token, for what cannot run without one (signaling).
+    pub fn token(&self) -> anyhow::Result<String> {
+        use anyhow::Context as _;
+        self.token.clone().filter(|t| !t.is_empty()).context("no token: pass --token or set FERRY_TOKEN")
+    }
+
     pub fn api(&self) -> anyhow::Result<Arc<Api>> {
         let token = self.token.as_deref().unwrap_or_default();
         Ok(Arc::new(Api::new(&self.server, token)?))
+    }
+}
+
+/// How this side's WebRTC peer reaches the other: the address it sends from and offers, and
+/// STUN servers for an address outside a NAT.
+#[derive(Args, Clone)]
+pub struct PeerNetArgs {
+    /// The local address to send from and offer to the other peer (its host candidate).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+
+    /// A STUN server (stun:HOST[:PORT]) asked for this side's address outside a NAT, offered
+    /// beside the host candidate. Repeatable. TURN relays are not supported.
+    #[arg(long = "ice-server", env = "FERRY_ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<ferry_rtc::IceServer>,
+}
+
+impl PeerNetArgs {
+    pub fn config(&self) -> ferry_rtc::PeerConfig {
+        ferry_rtc::PeerConfig { bind: self.bind, ice_servers: self.ice_servers.clone() }
     }
 }
 

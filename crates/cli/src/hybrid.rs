@@ -13,7 +13,6 @@ use ferry_core::transport::{Choice, Kind, Thresholds, Transport};
 use ferry_rtc::connect;
 use ferry_rtc::signaling::Signaling;
 use ferry_rtc::transfer::{CHUNK, CONTROL_LABEL, SendReport, UPLOAD_LABELS, send_file};
-use ferry_rtc::{IceServer, PeerConfig};
 
 use crate::client::{OutputArgs, ServerArgs, parse_size};
 
@@ -52,13 +51,8 @@ pub struct RoomTarget {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "to")]
     connect_timeout: Duration,
 
-    /// The local address for the data channel (the host candidate offered).
-    #[arg(long, default_value = "127.0.0.1", requires = "to")]
-    bind: std::net::IpAddr,
-
-    /// A STUN server (stun:HOST[:PORT]) for a server-reflexive candidate. Repeatable.
-    #[arg(long = "ice-server", env = "FERRY_ICE_SERVERS", value_delimiter = ',')]
-    ice_servers: Vec<IceServer>,
+    #[command(flatten)]
+    net: crate::client::PeerNetArgs,
 }
 
 /// What `put` does next for a file sent `--to` a room.
@@ -107,8 +101,8 @@ pub async fn send(
         return Ok(Outcome::Parts);
     }
     let started = Instant::now();
-    let token = server.token.clone().filter(|t| !t.is_empty()).context("no token: pass --token or set FERRY_TOKEN")?;
-    let config = PeerConfig { bind: t.bind, ice_servers: t.ice_servers.clone() };
+    let token = server.token()?;
+    let config = t.net.config();
     let connecting = async {
         let mut sig = Signaling::join(&server.server, room, Role::Peer, None, &token).await?;
         let to = match peer {

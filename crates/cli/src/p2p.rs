@@ -2,7 +2,6 @@
 //! finding each other through a room of `ferry serve`'s signaling. Resumable: a sender that dies
 //! and runs again sends only what the receiver does not already hold.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +10,6 @@ use clap::Args;
 use ferry_core::frames::ReceiveLimits;
 use ferry_core::signal::Role;
 use ferry_core::signal::SERVER_PEER;
-use ferry_rtc::PeerConfig;
 use ferry_rtc::connect::{self, Expect};
 use ferry_rtc::signaling::{Signaling, SignalingError};
 use ferry_rtc::transfer::{
@@ -35,14 +33,8 @@ pub struct PeerArgs {
     #[arg(long)]
     peer_id: Option<String>,
 
-    /// The local address to send from and offer to the other peer (its host candidate).
-    #[arg(long, default_value = "127.0.0.1")]
-    bind: IpAddr,
-
-    /// A STUN server (stun:HOST[:PORT]) asked for this side's address outside a NAT, offered
-    /// beside the host candidate. Repeatable. TURN relays are not supported.
-    #[arg(long = "ice-server", env = "FERRY_ICE_SERVERS", value_delimiter = ',')]
-    ice_servers: Vec<ferry_rtc::IceServer>,
+    #[command(flatten)]
+    net: crate::client::PeerNetArgs,
 
     #[command(flatten)]
     server: ServerArgs,
@@ -91,10 +83,6 @@ pub struct RecvArgs {
     peer: PeerArgs,
 }
 
-fn token(server: &ServerArgs) -> anyhow::Result<String> {
-    server.token.clone().filter(|t| !t.is_empty()).context("no token: pass --token or set FERRY_TOKEN")
-}
-
 fn bar(out: &OutputArgs, len: u64, prefix: &str) -> ProgressBar {
     let target = if out.json || out.no_progress { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
     let style = ProgressStyle::with_template(
@@ -117,7 +105,7 @@ fn json_line(out: &OutputArgs, value: &impl serde::Serialize) {
 
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let p = &args.peer;
-    let token = token(&p.server)?;
+    let token = p.server.token()?;
     let name = match &args.name {
         Some(n) => n.clone(),
         None => args
@@ -136,7 +124,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         Some(SERVER_PEER) => SERVER_PEER.to_owned(),
         wanted => sig.find_peer(wanted, args.wait).await.context("no peer to send to")?,
     };
-    let config = PeerConfig { bind: p.bind, ice_servers: p.ice_servers.clone() };
+    let config = p.net.config();
     let (peer, mut chans) = connect::offer(&mut sig, &to, &config, &[CONTROL_LABEL, UPLOAD_LABELS[0]], args.wait)
         .await
         .with_context(|| format!("connecting to {to}"))?;
@@ -199,7 +187,7 @@ fn free_path(dir: &Path, name: &str) -> PathBuf {
 
 pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
     let p = &args.peer;
-    let token = token(&p.server)?;
+    let token = p.server.token()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let work = args.out.join(".ferry-recv");
     let mut sig = Signaling::join(&p.server.server, &p.room, Role::Peer, p.peer_id.as_deref(), &token).await?;
@@ -222,7 +210,7 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
-        let config = PeerConfig { bind: p.bind, ice_servers: p.ice_servers.clone() };
+        let config = p.net.config();
         let expect = Expect { count: 2, enough: &UPLOAD_LABELS };
         let (peer, mut chans) = match connect::answer(&mut sig, &from, &offer, &config, expect, CONNECT_WAIT).await {
             Ok(x) => x,

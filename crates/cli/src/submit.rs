@@ -17,7 +17,6 @@ use ferry_core::signal::{Inbound, Outbound, Role};
 use ferry_rtc::connect;
 use ferry_rtc::messages::{MESSAGES_LABEL, Messages};
 use ferry_rtc::signaling::{Signaling, SignalingError};
-use ferry_rtc::{IceServer, PeerConfig};
 
 use crate::client::{OutputArgs, ServerArgs, human_bytes};
 
@@ -50,23 +49,14 @@ pub struct SubmitArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     wait: Duration,
 
-    /// The local address to connect from (the host candidate offered).
-    #[arg(long, default_value = "127.0.0.1")]
-    bind: std::net::IpAddr,
-
-    /// A STUN server (stun:HOST[:PORT]) for a server-reflexive candidate. Repeatable.
-    #[arg(long = "ice-server", env = "FERRY_ICE_SERVERS", value_delimiter = ',')]
-    ice_servers: Vec<IceServer>,
+    #[command(flatten)]
+    net: crate::client::PeerNetArgs,
 
     #[command(flatten)]
     server: ServerArgs,
 
     #[command(flatten)]
     output: OutputArgs,
-}
-
-fn token(server: &ServerArgs) -> anyhow::Result<String> {
-    server.token.clone().filter(|t| !t.is_empty()).context("no token: pass --token or set FERRY_TOKEN")
 }
 
 fn random_id() -> anyhow::Result<String> {
@@ -76,7 +66,7 @@ fn random_id() -> anyhow::Result<String> {
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let token = token(&args.server)?;
+    let token = args.server.token()?;
     let api = args.server.api()?;
     let out = args.output;
     let job_id = match args.job_id.clone() {
@@ -147,7 +137,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             "elapsed_ms": requested.elapsed().as_secs_f64() * 1000.0}),
     );
 
-    let config = PeerConfig { bind: args.bind, ice_servers: args.ice_servers.clone() };
+    let config = args.net.config();
     let (_peer, mut chans) = connect::offer(&mut sig, &peer, &config, &[MESSAGES_LABEL], args.wait)
         .await
         .with_context(|| format!("connecting to job {job_id}"))?;
@@ -300,7 +290,7 @@ pub async fn job(args: JobArgs) -> anyhow::Result<()> {
     if !valid_job_id(&t.id) {
         bail!("job ids are 1 to 60 letters, digits, '-', '_'");
     }
-    let token = token(&t.server)?;
+    let token = t.server.token()?;
     let mut sig = Signaling::join(&t.server.server, &t.room, Role::Client, None, &token).await?;
     let to = job_peer(&t.id);
     if !sig.peers().iter().any(|p| p.peer_id == to) {

@@ -20,10 +20,10 @@ use ferry_client::{Api, DownloadOptions, UploadOptions};
 use ferry_core::job::{JobMessage, JobResult, JobSignal, classify_line, job_peer, result_key, valid_job_id};
 use ferry_core::room::{ManifestEntry, ManifestOutput};
 use ferry_core::signal::{Inbound, Outbound, Role};
+use ferry_rtc::PeerConfig;
 use ferry_rtc::connect::{self, Expect};
 use ferry_rtc::messages::{MESSAGES_LABEL, MessageSender, Messages};
 use ferry_rtc::signaling::{Signaling, SignalingError};
-use ferry_rtc::{IceServer, PeerConfig};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -58,13 +58,8 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     kill_grace: Duration,
 
-    /// The local address to connect to clients from (the host candidate offered).
-    #[arg(long, default_value = "127.0.0.1")]
-    bind: std::net::IpAddr,
-
-    /// A STUN server (stun:HOST[:PORT]) for a server-reflexive candidate. Repeatable.
-    #[arg(long = "ice-server", env = "FERRY_ICE_SERVERS", value_delimiter = ',')]
-    ice_servers: Vec<IceServer>,
+    #[command(flatten)]
+    net: crate::client::PeerNetArgs,
 
     #[command(flatten)]
     server: ServerArgs,
@@ -87,8 +82,7 @@ struct Worker {
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let program = shlex::split(&args.exec).filter(|p| !p.is_empty()).context("--exec is not a command line")?;
-    let token =
-        args.server.token.clone().filter(|t| !t.is_empty()).context("no token: pass --token or set FERRY_TOKEN")?;
+    let token = args.server.token()?;
     let work_dir = args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("ferry-worker"));
     let mut sig = Signaling::join(&args.server.server, &args.room, Role::Worker, args.name.as_deref(), &token).await?;
     let worker = Arc::new(Worker {
@@ -97,7 +91,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         program,
         work_dir,
         kill_grace: args.kill_grace,
-        peer: PeerConfig { bind: args.bind, ice_servers: args.ice_servers.clone() },
+        peer: args.net.config(),
         api: args.server.api()?,
         server: args.server.clone(),
         token,
