@@ -138,9 +138,19 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     );
 
     let config = args.net.config();
-    let (_peer, mut chans) = connect::offer(&mut sig, &peer, &config, &[MESSAGES_LABEL], args.wait)
-        .await
-        .with_context(|| format!("connecting to job {job_id}"))?;
+    let (_peer, mut chans) = match connect::offer(&mut sig, &peer, &config, &[MESSAGES_LABEL], args.wait).await {
+        Ok(c) => c,
+        // No data channel (a NAT in the way, UDP blocked): the job runs anyway, and its result
+        // still arrives, through the room's manifest, without the live progress.
+        Err(e) => {
+            say(
+                format!("no data channel to job {job_id} ({e}); following it through the room's manifest instead"),
+                serde_json::json!({"type": "fallback", "job_id": job_id, "reason": e.to_string()}),
+            );
+            let result = wait_in_manifest(&api, &args.room, &job_id, JOB_WAIT, out).await?;
+            return finish_result(&api, &args.room, result, args.download.as_deref(), out).await;
+        }
+    };
     let mut messages = Messages::new(chans.pop().context("no message channel")?);
     let commands = messages.sender();
     let mut cancel_sent = false;
@@ -311,24 +321,37 @@ async fn attach(t: JobTarget, download: Option<PathBuf>, wait: Duration, out: Ou
         bail!("job ids are 1 to 60 letters, digits, '-', '_'");
     }
     let api = t.server.api()?;
+    let result = wait_in_manifest(&api, &t.room, &t.id, wait, out).await?;
+    finish_result(&api, &t.room, result, download.as_deref(), out).await
+}
+
+/// How long a job followed through the manifest may take.
+const JOB_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// The job's result from the room's manifest, once its worker has recorded it.
+async fn wait_in_manifest(
+    api: &ferry_client::Api,
+    room: &str,
+    job_id: &str,
+    wait: Duration,
+    out: OutputArgs,
+) -> anyhow::Result<JobResult> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut said = false;
-    let entry = loop {
-        let (m, _) = api.manifest(&t.room).await?;
-        if let Some(e) = m.entries.into_iter().find(|e| e.job_id == t.id) {
-            break e;
+    loop {
+        let (m, _) = api.manifest(room).await?;
+        if let Some(e) = m.entries.into_iter().find(|e| e.job_id == job_id) {
+            return Ok(JobResult { job_id: e.job_id, status: e.status, message: None, outputs: e.outputs });
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("job {} has no result in room {} after {}", t.id, t.room, humantime::format_duration(wait));
+            bail!("job {job_id} has no result in room {room} after {}", humantime::format_duration(wait));
         }
         if !said && !out.json {
-            eprintln!("job {}: waiting for its result…", t.id);
+            eprintln!("job {job_id}: waiting for its result…");
             said = true;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let result = JobResult { job_id: entry.job_id, status: entry.status, message: None, outputs: entry.outputs };
-    finish_result(&api, &t.room, result, download.as_deref(), out).await
+    }
 }
 
 /// Downloads (and checks) the outputs if asked, prints the result, and fails unless it succeeded.

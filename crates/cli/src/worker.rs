@@ -65,6 +65,10 @@ pub struct WorkerArgs {
     server: ServerArgs,
 }
 
+/// How long a job waits for its client's offer, and then for the data channel, before it runs
+/// without one (the client then follows it through the room's manifest).
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
 /// What every job of this worker shares.
 struct Worker {
     room: String,
@@ -197,9 +201,9 @@ async fn run_job(
     // anyway and its result is still stored.
     let mut channel: Option<Messages> = None;
     let mut peer = None;
-    if let Ok((from, offer)) = sig.wait_description("offer", Some(client), Duration::from_secs(30), |_| {}).await {
+    if let Ok((from, offer)) = sig.wait_description("offer", Some(client), CONNECT_WAIT, |_| {}).await {
         let expect = Expect { count: 1, enough: &[MESSAGES_LABEL] };
-        match connect::answer(&mut sig, &from, &offer, &w.peer, expect, Duration::from_secs(30)).await {
+        match connect::answer(&mut sig, &from, &offer, &w.peer, expect, CONNECT_WAIT).await {
             Ok((p, mut chans)) => {
                 channel = chans.pop().map(Messages::new);
                 peer = Some(p);

@@ -228,3 +228,33 @@ async fn a_job_outlives_its_client_and_attach_gets_the_result() {
     let (ok, _, err) = run_json(ferry(&srv.url, &state, &unknown)).await;
     assert!(!ok && err.contains("no result"), "{err}");
 }
+
+/// The client offers only an IPv6 loopback candidate and the worker only IPv4: no ICE pair can
+/// form, so there is no data channel. The job still runs and its result arrives through the
+/// room's manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_data_channel_blocked_a_job_still_completes() {
+    let srv = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _w = worker(&srv, dir.path(), "w1", "1");
+    let bytes = data(100_000, 12);
+    let input = write_file(dir.path(), "in.bin", &bytes);
+    let down = dir.path().join("down");
+    let args = [
+        "--job-id",
+        "blocked",
+        "--bind",
+        "::1",
+        "--wait",
+        "5s",
+        "--download",
+        down.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ];
+    let (ok, lines, err) = run_json(submit(&srv, &dir.path().join("state"), &args, &[])).await;
+    assert!(ok, "{err}");
+    assert!(lines.iter().any(|l| l["type"] == "fallback"), "{lines:?}");
+    assert!(!lines.iter().any(|l| l["type"] == "progress"), "no live progress without the channel");
+    assert_eq!(result_of(&lines)["status"], "succeeded");
+    assert_eq!(std::fs::read_to_string(down.join("sub/digest.txt")).unwrap().trim(), sha256_hex(&bytes));
+}
