@@ -125,7 +125,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         };
         let reply = accept(&worker, &from, &job_id, input, args).await;
         let payload = serde_json::to_value(&reply)?;
-        sig.send(Inbound::PeerMessage { to: from, payload }).await?;
+        // A lost connection is found by the next read, which joins again; the worker goes on.
+        if let Err(e) = sig.send(Inbound::PeerMessage { to: from.clone(), payload }).await {
+            eprintln!("ferry worker: could not answer {from}: {e}");
+        }
     }
 }
 
