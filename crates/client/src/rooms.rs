@@ -66,9 +66,8 @@ impl Api {
 /// 10 ms doubling to 640 ms, each scaled by a random factor in [0.5, 1.5) so racing writers spread out.
 fn pause(lost: u32) -> Duration {
     let base = 10u64 << lost.min(6);
-    let mut b = [0u8; 2];
-    let r = getrandom::fill(&mut b).map(|()| u16::from_le_bytes(b)).unwrap_or(0);
-    Duration::from_millis(base / 2 + base * u64::from(r) / 65_536)
+    let r = crate::upload::seed() & 0xffff;
+    Duration::from_millis(base / 2 + base * r / 65_536)
 }
 
 #[cfg(test)]
