@@ -29,23 +29,29 @@ impl ServerArgs {
     }
 }
 
-/// How this side's WebRTC peer reaches the other: the address it sends from and offers, and
-/// STUN servers for an address outside a NAT.
+/// How this side's WebRTC peer reaches the other: the address it sends from and offers, STUN
+/// servers for an address outside a NAT, and TURN relays for when no direct path exists.
 #[derive(Args, Clone)]
 pub struct PeerNetArgs {
     /// The local address to send from and offer to the other peer (its host candidate).
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: std::net::IpAddr,
 
-    /// A STUN server (stun:HOST[:PORT]) asked for this side's address outside a NAT, offered
-    /// beside the host candidate. Repeatable. TURN relays are not supported.
+    /// An ICE server, repeatable: stun:HOST[:PORT] is asked for this side's address outside a
+    /// NAT; turn:USER:PASSWORD@HOST[:PORT] relays (over UDP) when the peers cannot reach each
+    /// other directly. Each is offered beside the host candidate.
     #[arg(long = "ice-server", env = "FERRY_ICE_SERVERS", value_delimiter = ',')]
     pub ice_servers: Vec<ferry_rtc::IceServer>,
+
+    /// Offer only the TURN relay's address, never this machine's own (a browser's
+    /// iceTransportPolicy "relay"): all traffic goes through the relay. Needs a turn: server.
+    #[arg(long, env = "FERRY_RELAY_ONLY")]
+    pub relay_only: bool,
 }
 
 impl PeerNetArgs {
     pub fn config(&self) -> ferry_rtc::PeerConfig {
-        ferry_rtc::PeerConfig { bind: self.bind, ice_servers: self.ice_servers.clone() }
+        ferry_rtc::PeerConfig { bind: self.bind, ice_servers: self.ice_servers.clone(), relay_only: self.relay_only }
     }
 }
 

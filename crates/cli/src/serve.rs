@@ -124,8 +124,9 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_RTC_BIND", default_value = "127.0.0.1")]
     rtc_bind: std::net::IpAddr,
 
-    /// A STUN server (stun:HOST[:PORT]) the WebRTC peer asks for its address outside a NAT, to
-    /// offer beside its host candidate. Repeatable. TURN relays are not supported.
+    /// An ICE server for the WebRTC peer, repeatable: stun:HOST[:PORT] is asked for its address
+    /// outside a NAT; turn:USER:PASSWORD@HOST[:PORT] relays (over UDP) for peers that cannot
+    /// reach it directly. Each is offered beside the host candidate.
     #[arg(long = "ice-server", env = "FERRY_ICE_SERVERS", value_delimiter = ',')]
     ice_servers: Vec<ferry_rtc::IceServer>,
 

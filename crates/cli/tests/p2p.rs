@@ -37,6 +37,69 @@ async fn a_file_goes_peer_to_peer_and_is_verified() {
     assert_eq!(std::fs::read_dir(out.join(".ferry-recv")).unwrap().count(), 0, "no partial files left");
 }
 
+/// coturn relaying on loopback for user `ferry`; killed on drop.
+struct Relay(std::process::Child, u16);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn turn_relay() -> Relay {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new("turnserver")
+        .args(["-n", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
+        .args(["--lt-cred-mech", "--user=ferry:relay-secret", "--realm=ferry.test", "--allow-loopback-peers"])
+        .arg(format!("--listening-port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("coturn's turnserver is needed (scripts/test installs it)");
+    let relay = Relay(child, port);
+    let probe = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = ferry_rtc::IceServer::stun("127.0.0.1", port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ferry_rtc::stun::reflexive_address(&probe, &server, Duration::from_millis(300)).await.is_none() {
+        assert!(std::time::Instant::now() < deadline, "coturn did not answer within 20 s");
+    }
+    relay
+}
+
+/// Both ends offer only the relay's addresses, so the file can only have come through coturn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_goes_through_a_turn_relay_when_both_ends_are_relay_only() {
+    let srv = TestServer::start(&[]);
+    let relay = turn_relay().await;
+    let turn = format!("turn:ferry:relay-secret@127.0.0.1:{}", relay.1);
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let bytes = data(3 * 1024 * 1024 + 5, 9);
+    let file = write_file(dir.path(), "relayed.bin", &bytes);
+    let mut recv = recv_cmd(&srv, &state, "far", &out);
+    recv.args(["--ice-server", &turn, "--relay-only"]);
+    let (recv, lines, _) = run_until(recv, |v| v["type"] == "waiting").await;
+    let args = ["send", file.to_str().unwrap(), "--room", "far", "--to", "receiver", "--json", "--relay-only"];
+    let mut send = ferry(&srv.url, &state, &args);
+    send.args(["--ice-server", &turn]);
+    let (ok, sent, err) = run_json(send).await;
+    assert!(ok, "{err}");
+    assert_eq!(result_of(&sent)["sha256"], sha256_hex(&bytes));
+    let mut seen = Vec::new();
+    assert!(finish(recv, lines, &mut seen).await);
+    assert_eq!(std::fs::read(out.join("relayed.bin")).unwrap(), bytes);
+
+    // A wrong password is a clear error, not a hang (sending to the server's peer, always there).
+    let wrong = format!("turn:ferry:guess@127.0.0.1:{}", relay.1);
+    let args = ["send", file.to_str().unwrap(), "--room", "far", "--to", "ferry", "--relay-only"];
+    let mut send = ferry(&srv.url, &state, &args);
+    send.args(["--ice-server", &wrong]);
+    let (ok, _, err) = run_json(send).await;
+    assert!(!ok);
+    assert!(err.contains("refused the allocation") && !err.contains("guess"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kill_9_of_the_sender_the_next_run_sends_only_what_is_missing() {
     let srv = TestServer::start(&[]);

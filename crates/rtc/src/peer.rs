@@ -8,7 +8,8 @@
 //!
 //! The socket is bound to an explicit address (127.0.0.1 by default), which is also the one host
 //! candidate offered: a wildcard bind would leave loopback out, and tests keep every packet on
-//! loopback.
+//! loopback. STUN and TURN servers are asked from the same socket; a TURN allocation's traffic is
+//! told apart by its source (the relay server) and its destination (the relayed address).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,7 +20,8 @@ use str0m::channel::ChannelId;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
-use crate::stun::IceServer;
+use crate::ice_server::IceServer;
+use crate::relay::{Outbox, Relay};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,6 +47,8 @@ pub enum PeerError {
     Closed,
     #[error("the message of {size} bytes is larger than the channel allows")]
     TooLarge { size: usize },
+    #[error("relay-only, and no TURN relay gave an allocation: {0}")]
+    NoRelay(String),
 }
 
 /// How to set a peer up.
@@ -52,18 +56,22 @@ pub enum PeerError {
 pub struct PeerConfig {
     /// The address to bind and offer as the host candidate.
     pub bind: IpAddr,
-    /// STUN servers asked for a server-reflexive candidate (a NAT's outside address).
+    /// STUN servers asked for a server-reflexive candidate (a NAT's outside address), and TURN
+    /// relays asked for a relayed one.
     pub ice_servers: Vec<IceServer>,
+    /// Offer relayed candidates only (a browser's `iceTransportPolicy: "relay"`): the remote
+    /// never learns this side's own addresses.
+    pub relay_only: bool,
 }
 
 impl Default for PeerConfig {
     fn default() -> PeerConfig {
-        PeerConfig { bind: IpAddr::V4(Ipv4Addr::LOCALHOST), ice_servers: Vec::new() }
+        PeerConfig { bind: IpAddr::V4(Ipv4Addr::LOCALHOST), ice_servers: Vec::new(), relay_only: false }
     }
 }
 
-/// How long a STUN server has to answer before the peer goes on without it.
-const STUN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a STUN or TURN server has to answer before the peer goes on without it.
+const SERVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A browser-shaped ICE candidate (`RTCIceCandidateInit`), as peers trickle them over signaling:
 /// `{"candidate":"candidate:…","sdpMid":"0","sdpMLineIndex":0}`. An empty `candidate` marks the
@@ -192,14 +200,14 @@ impl Peer {
     /// Starts a peer that offers, with data channels labelled `channels` (opened once connected;
     /// they arrive as [`PeerEvent::Channel`] like remote ones). Returns the offer to send.
     pub async fn offer(config: &PeerConfig, channels: &[&str]) -> Result<(Peer, Description), PeerError> {
-        let (mut rtc, socket) = Self::setup(config).await?;
+        let (mut rtc, socket, relays) = Self::setup(config).await?;
         let mut change = rtc.sdp_api();
         for label in channels {
             change.add_channel((*label).to_owned());
         }
         let (offer, pending) = change.apply().ok_or_else(|| PeerError::Sdp("nothing to offer".into()))?;
         let description = Description { kind: "offer".into(), sdp: offer.to_sdp_string() };
-        let mut peer = Self::spawn(rtc, socket, &description)?;
+        let mut peer = Self::spawn(rtc, socket, relays, &description)?;
         peer.pending = Some(pending);
         Ok((peer, description))
     }
@@ -210,10 +218,10 @@ impl Peer {
             return Err(PeerError::Sdp(format!("expected an offer, not {:?}", offer.kind)));
         }
         let offer = SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
-        let (mut rtc, socket) = Self::setup(config).await?;
+        let (mut rtc, socket, relays) = Self::setup(config).await?;
         let answer = rtc.sdp_api().accept_offer(offer)?;
         let description = Description { kind: "answer".into(), sdp: answer.to_sdp_string() };
-        Ok((Self::spawn(rtc, socket, &description)?, description))
+        Ok((Self::spawn(rtc, socket, relays, &description)?, description))
     }
 
     /// Completes an offer with the remote's answer.
@@ -259,7 +267,7 @@ impl Peer {
         let _ = self.commands.send(Command::Close).await;
     }
 
-    async fn setup(config: &PeerConfig) -> Result<(Rtc, UdpSocket), PeerError> {
+    async fn setup(config: &PeerConfig) -> Result<(Rtc, UdpSocket, Vec<Relay>), PeerError> {
         let addr = SocketAddr::new(config.bind, 0);
         let raw = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
         // Room for bursts both ways: a datagram the kernel drops is a loss SCTP slows down for.
@@ -274,10 +282,36 @@ impl Peer {
         // sctp-proto scans what is in flight for every packet it sends, so a larger buffer is
         // slower, not faster (20 MB/s at 8 MiB against 80 at the default, measured).
         let mut rtc = Rtc::builder().build(Instant::now());
+        let mut relays = Vec::new();
+        let mut refusals = Vec::new();
+        for server in config.ice_servers.iter().filter(|s| s.relay.is_some()) {
+            match crate::relay::allocate(&socket, server, SERVER_WAIT).await {
+                Ok(relay) => match Candidate::relayed(relay.relayed(), local, "udp") {
+                    Ok(c) => {
+                        tracing::debug!(%server, relayed = %relay.relayed(), "relay allocated");
+                        rtc.add_local_candidate(c);
+                        relays.push(relay);
+                    }
+                    Err(e) => refusals.push(format!("{server}: an unusable relayed address: {e}")),
+                },
+                Err(e) => refusals.push(e.to_string()),
+            }
+        }
+        for refusal in &refusals {
+            tracing::warn!("{refusal}; going on without that relay");
+        }
+        if config.relay_only {
+            if relays.is_empty() {
+                let why =
+                    if refusals.is_empty() { "no turn: server was given".to_owned() } else { refusals.join("; ") };
+                return Err(PeerError::NoRelay(why));
+            }
+            return Ok((rtc, socket, relays));
+        }
         let candidate = Candidate::host(local, "udp").map_err(|e| PeerError::Sdp(e.to_string()))?;
         rtc.add_local_candidate(candidate);
-        for server in &config.ice_servers {
-            match crate::stun::reflexive_address(&socket, server, STUN_WAIT).await {
+        for server in config.ice_servers.iter().filter(|s| s.relay.is_none()) {
+            match crate::stun::reflexive_address(&socket, server, SERVER_WAIT).await {
                 Some(mapped) if mapped != local => match Candidate::server_reflexive(mapped, local, "udp") {
                     Ok(c) => {
                         rtc.add_local_candidate(c);
@@ -289,10 +323,10 @@ impl Peer {
                 None => tracing::warn!(%server, "the STUN server did not answer; offering the host candidate only"),
             }
         }
-        Ok((rtc, socket))
+        Ok((rtc, socket, relays))
     }
 
-    fn spawn(rtc: Rtc, socket: UdpSocket, description: &Description) -> Result<Peer, PeerError> {
+    fn spawn(rtc: Rtc, socket: UdpSocket, relays: Vec<Relay>, description: &Description) -> Result<Peer, PeerError> {
         let local = socket.local_addr()?;
         let candidates = local_candidates(&description.sdp);
         let (commands, command_rx) = mpsc::channel(64);
@@ -301,6 +335,7 @@ impl Peer {
             rtc,
             socket,
             local,
+            relays,
             commands: commands.clone(),
             events: event_tx,
             inboxes: HashMap::new(),
@@ -350,6 +385,8 @@ struct Driver {
     rtc: Rtc,
     socket: UdpSocket,
     local: SocketAddr,
+    /// TURN allocations, whose relayed addresses are local candidates too.
+    relays: Vec<Relay>,
     commands: mpsc::Sender<Command>,
     events: mpsc::Sender<PeerEvent>,
     inboxes: HashMap<ChannelId, mpsc::Sender<Message>>,
@@ -359,13 +396,17 @@ struct Driver {
     opening: Vec<(String, oneshot::Sender<DataChannel>)>,
     /// Messages received and not yet handed to their channel's reader.
     deliveries: VecDeque<(mpsc::Sender<Message>, Message)>,
-    /// Datagrams the `Rtc` wants sent.
-    outgoing: Vec<(SocketAddr, Vec<u8>)>,
+    /// Datagrams to send, wrapped for the relay when they leave from a relayed address.
+    outgoing: Outbox,
 }
 
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; 2000];
+        // ICE has no clock until it is first given the time, and until then it sends no checks:
+        // it would only start when a check arrives, and a relay drops the remote's checks until
+        // this side has sent to it (TURN permissions).
+        self.tick();
         loop {
             let timeout = self.drain();
             // Waiting for room in the socket's buffer rather than dropping: a datagram dropped
@@ -414,16 +455,25 @@ impl Driver {
                             let _ = self.socket.send_to(&datagram, to).await;
                         }
                         self.rtc.disconnect();
+                        for relay in &mut self.relays {
+                            relay.close(Instant::now(), &mut self.outgoing);
+                        }
+                        for (to, datagram) in std::mem::take(&mut self.outgoing) {
+                            let _ = self.socket.send_to(&datagram, to).await;
+                        }
                         return;
                     }
                     Some(c) => self.command(c),
                 },
-                _ = sleep => {
-                    if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
-                        tracing::debug!(error = %e, "timeout handling failed");
-                    }
-                }
+                _ = sleep => self.tick(),
             }
+        }
+    }
+
+    /// Gives the `Rtc` the time: its timers run, and new candidate pairs are checked at once.
+    fn tick(&mut self) {
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+            tracing::debug!(error = %e, "timeout handling failed");
         }
     }
 
@@ -441,12 +491,23 @@ impl Driver {
     }
 
     fn receive(&mut self, datagram: &[u8], source: SocketAddr) {
+        let now = Instant::now();
+        let relayed = match self.relays.iter_mut().find(|r| r.server() == source) {
+            Some(relay) => match relay.receive(datagram, now, &mut self.outgoing) {
+                Some((peer, data)) => Some((peer, relay.relayed(), data)),
+                None => return,
+            },
+            None => None,
+        };
+        let (source, destination, datagram) = match &relayed {
+            Some((peer, relayed, data)) => (*peer, *relayed, data.as_slice()),
+            None => (source, self.local, datagram),
+        };
         let Ok(contents) = datagram.try_into() else { return };
         // No `rtc.accepts` filter: the socket is this connection's alone. The filter would drop
         // a DTLS ClientHello that arrives before this side's ICE has nominated a pair, and the
         // OpenSSL DTLS backend never retransmits it on a timer: the handshake would hang.
-        let input =
-            Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination: self.local, contents });
+        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
         if let Err(e) = self.rtc.handle_input(input) {
             tracing::debug!(error = %e, "dropping a packet");
         }
@@ -469,8 +530,12 @@ impl Driver {
             }
             Command::Answer { pending, answer, reply } => {
                 let _ = reply.send(self.rtc.sdp_api().accept_answer(pending, answer).map_err(PeerError::Rtc));
+                self.tick();
             }
-            Command::RemoteCandidate(c) => self.rtc.add_remote_candidate(c),
+            Command::RemoteCandidate(c) => {
+                self.rtc.add_remote_candidate(c);
+                self.tick();
+            }
             Command::Close => {}
         }
     }
@@ -517,8 +582,18 @@ impl Driver {
                 return Ok(None);
             }
             match self.rtc.poll_output()? {
-                Output::Timeout(t) => return Ok(Some(t)),
-                Output::Transmit(t) => self.outgoing.push((t.destination, t.contents.to_vec())),
+                Output::Timeout(t) => {
+                    let now = Instant::now();
+                    let wake = self.relays.iter_mut().filter_map(|r| r.poll(now, &mut self.outgoing)).min();
+                    return Ok(Some(wake.map_or(t, |w| w.min(t))));
+                }
+                Output::Transmit(t) if t.source == self.local => {
+                    self.outgoing.push((t.destination, t.contents.to_vec()));
+                }
+                Output::Transmit(t) => match self.relays.iter_mut().find(|r| r.relayed() == t.source) {
+                    Some(relay) => relay.send(t.destination, t.contents.to_vec(), Instant::now(), &mut self.outgoing),
+                    None => self.outgoing.push((t.destination, t.contents.to_vec())),
+                },
                 Output::Event(e) => self.event(e),
             }
         }

@@ -1,85 +1,24 @@
 //! STUN servers (`--ice-server stun:HOST[:PORT]`): a binding request from the peer's own socket
 //! learns the address a NAT maps it to, offered as a server-reflexive candidate beside the host
-//! one. TURN relays are refused with a clear error: ferry does not relay.
+//! one.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use str0m::ice::{StunMessageBuilder, TransId};
 use tokio::net::UdpSocket;
 
+use crate::ice_server::IceServer;
+
 const MAGIC_COOKIE: u32 = 0x2112_A442;
 const BINDING_SUCCESS: u16 = 0x0101;
 const XOR_MAPPED_ADDRESS: u16 = 0x0020;
-
-/// One STUN server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IceServer {
-    pub host: String,
-    pub port: u16,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum IceServerError {
-    #[error("{0:?} is a TURN relay; ferry gathers host and STUN (server-reflexive) candidates only")]
-    Turn(String),
-    #[error("{0:?} is not an ICE server URL: expected stun:HOST[:PORT]")]
-    Invalid(String),
-}
-
-impl FromStr for IceServer {
-    type Err = IceServerError;
-
-    fn from_str(url: &str) -> Result<IceServer, IceServerError> {
-        let invalid = || IceServerError::Invalid(url.to_owned());
-        if url.starts_with("turn:") || url.starts_with("turns:") {
-            return Err(IceServerError::Turn(url.to_owned()));
-        }
-        // RFC 7064: no `//`, no path; a `?transport=` suffix is for TURN.
-        let rest = url.strip_prefix("stun:").ok_or_else(invalid)?;
-        let (host, port) = match rest.strip_prefix('[') {
-            // [v6]:port or [v6]
-            Some(v6) => {
-                let (h, after) = v6.split_once(']').ok_or_else(invalid)?;
-                let port = match after.strip_prefix(':') {
-                    Some(p) => p.parse().map_err(|_| invalid())?,
-                    None if after.is_empty() => 3478,
-                    None => return Err(invalid()),
-                };
-                (h, port)
-            }
-            None => match rest.rsplit_once(':') {
-                Some((h, p)) => (h, p.parse().map_err(|_| invalid())?),
-                None => (rest, 3478),
-            },
-        };
-        let valid = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b));
-        if !valid || port == 0 {
-            return Err(invalid());
-        }
-        Ok(IceServer { host: host.to_owned(), port })
-    }
-}
-
-impl std::fmt::Display for IceServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "stun:[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "stun:{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// Asks `server` which address `socket` appears from; `None` if it does not answer within
 /// `wait` (requests are repeated, as UDP may lose them).
 pub async fn reflexive_address(socket: &UdpSocket, server: &IceServer, wait: Duration) -> Option<SocketAddr> {
     let local = socket.local_addr().ok()?;
-    let target = tokio::net::lookup_host((server.host.as_str(), server.port))
-        .await
-        .ok()?
-        .find(|a| a.is_ipv4() == local.is_ipv4())?;
+    let target = server.resolve(local).await?;
     let id = TransId::new();
     let mut request = [0u8; 64];
     // No credentials: a plain binding request needs no MESSAGE-INTEGRITY, so no HMAC is computed.
@@ -176,33 +115,5 @@ mod tests {
         let want: std::net::Ipv6Addr = "::1".parse().unwrap();
         v6.extend(want.octets().iter().zip(COTURN[4..20].iter()).map(|(a, k)| a ^ k));
         assert_eq!(mapped_address(&v6, id), Some(SocketAddr::new(want.into(), 0x1234)));
-    }
-
-    #[test]
-    fn ice_server_urls() {
-        let s = |h: &str, p| Ok(IceServer { host: h.into(), port: p });
-        assert_eq!("stun:stun.example.org".parse(), s("stun.example.org", 3478));
-        assert_eq!("stun:127.0.0.1:19302".parse(), s("127.0.0.1", 19302));
-        assert_eq!("stun:[::1]:5000".parse(), s("::1", 5000));
-        assert_eq!("stun:[::1]".parse(), s("::1", 3478));
-        assert!(matches!("turn:relay.example.org".parse::<IceServer>(), Err(IceServerError::Turn(_))));
-        assert!(matches!("turns:relay.example.org:443".parse::<IceServer>(), Err(IceServerError::Turn(_))));
-        for bad in [
-            "",
-            "stun:",
-            "stun:host:",
-            "stun:host:0",
-            "stun:host:99999",
-            "stun:[::1",
-            "stun:[::1]x",
-            "http://stun.example.org",
-            "stun:a b",
-            "stun://host",
-            "stun:host/path",
-        ] {
-            assert!(matches!(bad.parse::<IceServer>(), Err(IceServerError::Invalid(_))), "{bad:?} was accepted");
-        }
-        assert_eq!(IceServer { host: "::1".into(), port: 9 }.to_string(), "stun:[::1]:9");
-        assert_eq!(IceServer { host: "h".into(), port: 9 }.to_string(), "stun:h:9");
     }
 }

@@ -24,7 +24,11 @@ pub(crate) async fn accept_offer(
     state: Arc<AppState>,
     offer: Description,
 ) -> Result<(Description, RemoteCandidates), ApiError> {
-    let config = PeerConfig { bind: state.config.rtc_bind, ice_servers: state.config.ice_servers.clone() };
+    let config = PeerConfig {
+        bind: state.config.rtc_bind,
+        ice_servers: state.config.ice_servers.clone(),
+        ..PeerConfig::default()
+    };
     let (peer, answer) = Peer::answer(&config, &offer)
         .await
         .map_err(|e| ApiError::bad_request("invalid_offer", format!("cannot answer this offer: {e}")))?;
