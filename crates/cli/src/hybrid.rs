@@ -30,29 +30,36 @@ pub struct RoomTarget {
     #[arg(long, value_name = "ROOM[/PEER]")]
     pub to: Option<String>,
 
+    #[command(flatten)]
+    pub transport: TransportArgs,
+
+    #[command(flatten)]
+    pub net: crate::client::PeerNetArgs,
+}
+
+/// The rules' inputs that the user sets, and how long a peer connection may take.
+#[derive(Args, Clone)]
+pub struct TransportArgs {
     /// Real-time data: always a data channel.
-    #[arg(long, requires = "to")]
-    realtime: bool,
+    #[arg(long)]
+    pub realtime: bool,
 
     /// What the file is, for the rules (datasets and models of middling size go as HTTP parts).
     /// Default: a guess from its extension.
-    #[arg(long, value_enum, requires = "to")]
-    kind: Option<KindArg>,
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
 
     /// Files below this many bytes go over a data channel.
-    #[arg(long, default_value = "10000000", value_parser = parse_size, requires = "to")]
+    #[arg(long, default_value = "10000000", value_parser = parse_size)]
     small_below: u64,
 
     /// Files above this many bytes go as HTTP parts.
-    #[arg(long, default_value = "100000000", value_parser = parse_size, requires = "to")]
+    #[arg(long, default_value = "100000000", value_parser = parse_size)]
     large_above: u64,
 
     /// How long a peer connection may take before the file goes through the server instead.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "to")]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
-
-    #[command(flatten)]
-    net: crate::client::PeerNetArgs,
 }
 
 /// What `put` does next for a file sent `--to` a room.
@@ -74,14 +81,18 @@ fn say(out: OutputArgs, choice: &Choice) {
     }
 }
 
+/// Sends `file` as `name` to `target`, `ROOM[/PEER]` (the server's own peer when no peer is
+/// named), over a data channel if the rules choose one and a connection opens in time;
+/// otherwise says it goes as HTTP parts, which the caller then does.
 pub async fn send(
-    t: &RoomTarget,
+    target: &str,
+    t: &TransportArgs,
+    net: &crate::client::PeerNetArgs,
     server: &ServerArgs,
     out: OutputArgs,
     file: &Path,
     name: &str,
 ) -> anyhow::Result<Outcome> {
-    let target = t.to.as_deref().unwrap_or_default();
     let (room, peer) = match target.split_once('/') {
         Some((r, p)) if !p.is_empty() => (r, Some(p)),
         Some((r, _)) => (r, None),
@@ -102,7 +113,7 @@ pub async fn send(
     }
     let started = Instant::now();
     let token = server.token()?;
-    let config = t.net.config();
+    let config = net.config();
     let connecting = async {
         let mut sig = Signaling::join(&server.server, room, Role::Peer, None, &token).await?;
         let to = match peer {

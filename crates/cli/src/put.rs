@@ -72,7 +72,10 @@ pub async fn run(args: PutArgs) -> anyhow::Result<()> {
     if args.retries == 0 {
         bail!("--retries must be at least 1");
     }
-    if args.room.to.is_some() {
+    if args.room.to.is_none() && (args.room.transport.realtime || args.room.transport.kind.is_some()) {
+        bail!("--realtime and --kind choose a transport for --to ROOM[/PEER]; give --to");
+    }
+    if let Some(target) = &args.room.to {
         if args.files.len() != 1 {
             bail!("--to sends one file");
         }
@@ -89,7 +92,8 @@ pub async fn run(args: PutArgs) -> anyhow::Result<()> {
                 .context("the file has no name; pass --key")?,
         };
         if let crate::hybrid::Outcome::Sent(r) =
-            crate::hybrid::send(&args.room, &args.server, args.output, file, &name).await?
+            crate::hybrid::send(target, &args.room.transport, &args.room.net, &args.server, args.output, file, &name)
+                .await?
         {
             if args.output.json {
                 let mut v = serde_json::to_value(&r)?;

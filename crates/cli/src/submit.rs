@@ -1,8 +1,10 @@
 //! `ferry submit`: sends a job to a worker in a room and follows it to its result; `ferry job
 //! pause|resume|cancel` steer a running job from anywhere.
 //!
-//! A local file is first uploaded (resumable parts) under `rooms/{room}/inputs/{job}/`; an
-//! object key is used as it is. The job's progress arrives over a WebRTC data channel to the
+//! A local file is first stored under `rooms/{room}/inputs/{job}/`, over the transport seed 001's
+//! rules choose (a data channel to the server's peer for a small file, resumable HTTP parts for
+//! a large one or when no connection opens); an object key is used as it is. The worker reads
+//! its input from the store either way. The job's progress arrives over a WebRTC data channel to the
 //! job's own peer; Ctrl-C sends `cancel` and waits for the worker's answer.
 
 use std::path::{Path, PathBuf};
@@ -50,6 +52,9 @@ pub struct SubmitArgs {
     wait: Duration,
 
     #[command(flatten)]
+    transport: crate::hybrid::TransportArgs,
+
+    #[command(flatten)]
     net: crate::client::PeerNetArgs,
 
     #[command(flatten)]
@@ -85,23 +90,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     };
 
     let input = if Path::new(&args.input).is_file() {
-        let path = PathBuf::from(&args.input);
-        let name = path.file_name().and_then(|n| n.to_str()).context("the input file has no name")?.to_owned();
-        let mut opts = UploadOptions::new(ferry_client::journal::default_state_dir());
-        opts.key = Some(format!("rooms/{}/inputs/{job_id}/{name}", args.room));
-        let (events, _) = ferry_client::events::channel();
-        let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency));
-        let up =
-            ferry_client::upload(Arc::clone(&api), path, opts, events, permits).await.context("uploading the input")?;
-        say(
-            format!(
-                "input {name}: {} uploaded as {} (HTTP parts: the worker reads it from the store)",
-                human_bytes(up.size),
-                up.key
-            ),
-            serde_json::json!({"type": "input", "key": up.key, "size": up.size, "sha256": up.sha256}),
-        );
-        up.key
+        store_input(&args, &api, &job_id, &say).await?
     } else {
         args.input.clone()
     };
@@ -204,6 +193,39 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     };
 
     finish_result(&api, &args.room, result, args.download.as_deref(), out).await
+}
+
+/// Stores the local input under `rooms/{room}/inputs/{job}/`, by the rules; returns its key.
+async fn store_input(
+    args: &SubmitArgs,
+    api: &Arc<ferry_client::Api>,
+    job_id: &str,
+    say: &impl Fn(String, serde_json::Value),
+) -> anyhow::Result<String> {
+    let path = PathBuf::from(&args.input);
+    let name = path.file_name().and_then(|n| n.to_str()).context("the input file has no name")?;
+    let key = format!("rooms/{}/inputs/{job_id}/{name}", args.room);
+    let sent = crate::hybrid::send(&args.room, &args.transport, &args.net, &args.server, args.output, &path, &key)
+        .await
+        .context("sending the input")?;
+    let (key, size, sha256, over) = match sent {
+        crate::hybrid::Outcome::Sent(r) => (r.stored_as, r.size, r.sha256, "a data channel"),
+        crate::hybrid::Outcome::Parts => {
+            let mut opts = UploadOptions::new(ferry_client::journal::default_state_dir());
+            opts.key = Some(key.clone());
+            let (events, _) = ferry_client::events::channel();
+            let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency));
+            let up = ferry_client::upload(Arc::clone(api), path.clone(), opts, events, permits)
+                .await
+                .context("uploading the input")?;
+            (up.key, up.size, up.sha256, "HTTP parts")
+        }
+    };
+    say(
+        format!("input {name}: {} stored as {key} over {over}", human_bytes(size)),
+        serde_json::json!({"type": "input", "key": key, "size": size, "sha256": sha256}),
+    );
+    Ok(key)
 }
 
 /// Reports a job whose worker went away before its result.

@@ -14,6 +14,15 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
+/// The transports the client announced for the input, with their rules, in order.
+fn input_transports(lines: &[Value]) -> Vec<(&str, &str)> {
+    lines
+        .iter()
+        .filter(|l| l["type"] == "transport")
+        .map(|l| (l["transport"].as_str().unwrap(), l["reason"]["rule"].as_str().unwrap()))
+        .collect()
+}
+
 /// The job's command: reports progress as JSON lines, logs a plain line, and writes two outputs
 /// (one in a subdirectory). With a third argument `slow` it takes two seconds first; with any
 /// other, it writes its pid there and loops until killed, reporting progress.
@@ -80,6 +89,11 @@ async fn a_job_runs_end_to_end_and_its_outputs_come_back_verified() {
     let logs: Vec<&str> = lines.iter().filter(|l| l["type"] == "log").filter_map(|l| l["line"].as_str()).collect();
     assert_eq!(logs, [format!("reading {} bytes", bytes.len())]);
     assert!(lines.iter().any(|l| l["type"] == "accepted" && l["worker"] == "w2"));
+    // 3 MiB is below the small-file limit: the input went to the server over a data channel.
+    assert_eq!(input_transports(&lines), [("data_channel", "small")]);
+    let stored = lines.iter().find(|l| l["type"] == "input").unwrap();
+    assert_eq!(stored["key"], "rooms/lab/inputs/job-e2e/frames.bin");
+    assert_eq!(stored["sha256"], sha256_hex(&bytes));
 
     let digest = sha256_hex(&bytes);
     assert_eq!(std::fs::read_to_string(down.join("count.txt")).unwrap().trim(), bytes.len().to_string());
@@ -199,9 +213,12 @@ async fn a_job_runs_end_to_end_on_the_s3_store() {
     let bytes = data(6 * 1024 * 1024 + 1, 10);
     let input = write_file(dir.path(), "set.csv", &bytes);
     let down = dir.path().join("down");
+    // With the limits lowered, a 6 MiB dataset is a large file: HTTP parts.
+    let limits = ["--small-below", "1MiB", "--large-above", "4MiB"];
     let args = ["--job-id", "s3-job", "--download", down.to_str().unwrap(), input.to_str().unwrap()];
-    let (ok, lines, err) = run_json(submit(&srv, &dir.path().join("state"), &args, &[])).await;
+    let (ok, lines, err) = run_json(submit(&srv, &dir.path().join("state"), &[&limits[..], &args].concat(), &[])).await;
     assert!(ok, "{err}");
+    assert_eq!(input_transports(&lines), [("http_parts", "large")]);
     assert_eq!(result_of(&lines)["status"], "succeeded");
     assert_eq!(std::fs::read_to_string(down.join("sub/digest.txt")).unwrap().trim(), sha256_hex(&bytes));
     let manifest: Value = srv.get("/rooms/lab/manifest").await.json().await.unwrap();
@@ -252,12 +269,16 @@ async fn with_the_data_channel_blocked_a_job_still_completes() {
         "::1",
         "--wait",
         "5s",
+        "--connect-timeout",
+        "2s",
         "--download",
         down.to_str().unwrap(),
         input.to_str().unwrap(),
     ];
     let (ok, lines, err) = run_json(submit(&srv, &dir.path().join("state"), &args, &[])).await;
     assert!(ok, "{err}");
+    // The input, small, was meant for a data channel too, and went as HTTP parts instead.
+    assert_eq!(input_transports(&lines), [("data_channel", "small"), ("http_parts", "peer_unreachable")]);
     assert!(lines.iter().any(|l| l["type"] == "fallback"), "{lines:?}");
     assert!(!lines.iter().any(|l| l["type"] == "progress"), "no live progress without the channel");
     assert_eq!(result_of(&lines)["status"], "succeeded");
