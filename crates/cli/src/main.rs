@@ -5,6 +5,7 @@ mod admin;
 mod client;
 mod get;
 mod hybrid;
+mod keys;
 mod output;
 mod p2p;
 mod progress;
@@ -64,6 +65,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes are for a terminal, not for a log file stderr is sent to.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

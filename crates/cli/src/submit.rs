@@ -5,7 +5,8 @@
 //! rules choose (a data channel to the server's peer for a small file, resumable HTTP parts for
 //! a large one or when no connection opens); an object key is used as it is. The worker reads
 //! its input from the store either way. The job's progress arrives over a WebRTC data channel to the
-//! job's own peer; Ctrl-C sends `cancel` and waits for the worker's answer.
+//! job's own peer; Ctrl-C sends `cancel` and waits for the worker's answer, and on a terminal
+//! the keys `p` and `r` pause and resume it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -142,6 +143,10 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     };
     let mut messages = Messages::new(chans.pop().context("no message channel")?);
     let commands = messages.sender();
+    let mut keys = crate::keys::Keys::start();
+    if keys.is_some() && !out.json {
+        eprintln!("keys: p pauses the job, r resumes it, Ctrl-C cancels it");
+    }
     let mut cancel_sent = false;
     let mut signaling_open = true;
     let result: JobResult = loop {
@@ -151,6 +156,20 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 cancel_sent = true;
                 say(format!("cancelling job {job_id}…"), serde_json::json!({"type": "cancelling", "job_id": job_id}));
                 commands.send(&JobMessage::Cancel { job_id: job_id.clone() }).await?;
+                continue;
+            }
+            key = async { keys.as_mut()?.next().await }, if keys.is_some() => {
+                let command = match key {
+                    Some(b'p' | b'P') => JobMessage::Pause { job_id: job_id.clone() },
+                    Some(b'r' | b'R') => JobMessage::Resume { job_id: job_id.clone() },
+                    Some(_) => continue,
+                    // stdin closed: no more keys, and the terminal's settings back.
+                    None => {
+                        keys = None;
+                        continue;
+                    }
+                };
+                commands.send(&command).await?;
                 continue;
             }
             // A worker that dies takes its signaling connection with it at once; its side of the

@@ -249,7 +249,8 @@ async fn run_job(
         started_at: started,
         finished_at: now(),
     };
-    w.api.record_in_manifest(&w.room, &entry).await.context("recording the job in the room's manifest")?;
+    let lost = w.api.record_in_manifest(&w.room, &entry).await.context("recording the job in the room's manifest")?;
+    tracing::debug!(job = job_id, lost_races = lost, "recorded in the room's manifest");
     let _ = std::fs::remove_dir_all(&dir);
     let result = JobResult { job_id: job_id.to_owned(), status: status.to_owned(), message, outputs };
     report.send(&JobMessage::Result(result)).await;
