@@ -10,6 +10,9 @@ pausing above 1 MiB buffered, in one run:
 Then ferry ↔ ferry again at 1 GiB, to show both ends' memory does not grow with the file.
 
     RUNS=3 MIB=256 python3 bench/datachannel.py
+
+With TURN=1 it compares ferry ↔ ferry direct with ferry ↔ ferry through a TURN relay instead
+(coturn on loopback, both ends `--relay-only`, so every packet goes through it), run for run.
 """
 import asyncio
 import os
@@ -30,8 +33,9 @@ TOKEN = "bench"
 CHUNK = 48 * 1024
 
 
-def ferry_pair(work, size_mib, room):
-    """One ferry send → ferry recv; returns (seconds, sender RSS MiB, receiver RSS MiB)."""
+def ferry_pair(work, size_mib, room, extra=()):
+    """One ferry send → ferry recv (both given `extra` flags); returns (seconds, sender RSS MiB,
+    receiver RSS MiB)."""
     src = os.path.join(work, f"src-{size_mib}.bin")
     if not os.path.exists(src):
         with open(src, "wb") as f:
@@ -40,12 +44,12 @@ def ferry_pair(work, size_mib, room):
     out = os.path.join(work, f"out-{room}")
     env = {**os.environ, "FERRY_LOG": "warn"}
     recv = subprocess.Popen(["/usr/bin/time", "-f", "RSS %M", FERRY, "recv", "--room", room, "--out", out,
-                             "--peer-id", "receiver", "--json", "--server", SERVER, "--token", TOKEN],
+                             "--peer-id", "receiver", "--json", "--server", SERVER, "--token", TOKEN, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert '"waiting"' in recv.stdout.readline()
     t0 = time.monotonic()
     send = subprocess.run(["/usr/bin/time", "-f", "RSS %M", FERRY, "send", src, "--room", room, "--to", "receiver",
-                           "--no-progress", "--server", SERVER, "--token", TOKEN],
+                           "--no-progress", "--server", SERVER, "--token", TOKEN, *extra],
                           capture_output=True, text=True, env=env)
     seconds = time.monotonic() - t0
     assert send.returncode == 0, send.stderr
@@ -103,6 +107,33 @@ def chromium_pair(size_mib):
     return float(re.search(r"in ([0-9.]+) s", out).group(1))
 
 
+def turn_runs(work, mb):
+    """Direct and relayed ferry pairs, alternating; prints each run and the medians."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    coturn = subprocess.Popen(["turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip=127.0.0.1",
+                               "--relay-ip=127.0.0.1", f"--listening-port={port}", "--lt-cred-mech",
+                               "--user=bench:bench", "--realm=ferry.bench", "--allow-loopback-peers"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    relay = ["--ice-server", f"turn:bench:bench@127.0.0.1:{port}", "--relay-only"]
+    try:
+        direct, relayed = [], []
+        for run in range(1, RUNS + 1):
+            d, _, _ = ferry_pair(work, MIB, f"direct-{run}")
+            r, srss, rrss = ferry_pair(work, MIB, f"relayed-{run}", relay)
+            direct.append(mb / d)
+            relayed.append(mb / r)
+            print(f"run {run}: direct {mb / d:.1f} MB/s   through coturn {mb / r:.1f} MB/s "
+                  f"(send RSS {srss:.1f} MiB, recv RSS {rrss:.1f} MiB)", flush=True)
+        d, r = statistics.median(direct), statistics.median(relayed)
+        print(f"median {MIB} MiB: direct {d:.1f} MB/s, through coturn {r:.1f} MB/s ({r / d:.2f}x)")
+    finally:
+        coturn.kill()
+
+
 def main():
     global SERVER
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -111,6 +142,12 @@ def main():
                               os.path.join(work, "data")], stdout=subprocess.PIPE, text=True)
     SERVER = re.search(r"http://[0-9.:]+", serve.stdout.readline()).group(0)
     mb = MIB * 1048576 / 1e6
+    if os.environ.get("TURN"):
+        try:
+            return turn_runs(work, mb)
+        finally:
+            serve.kill()
+            shutil.rmtree(work, ignore_errors=True)
     try:
         rows = {"ferry": [], "aiortc": [], "chromium": []}
         rss = []

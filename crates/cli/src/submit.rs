@@ -36,7 +36,8 @@ pub struct SubmitArgs {
     #[arg(last = true)]
     args: Vec<String>,
 
-    /// The worker to ask. Default: the first worker in the room (waiting for one).
+    /// The worker to ask. Default: a free one: each worker in the room is asked in turn until
+    /// one takes the job (waiting for one to join if the room has none).
     #[arg(long)]
     to: Option<String>,
 
@@ -97,29 +98,14 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     };
 
     let mut sig = Signaling::join(&args.server.server, &args.room, Role::Client, None, &token).await?;
-    let worker = find_worker(&mut sig, args.to.as_deref(), args.wait).await?;
     let request = JobSignal::JobRequest { job_id: job_id.clone(), input: input.clone(), args: args.args.clone() };
-    sig.send(Inbound::PeerMessage { to: worker.clone(), payload: serde_json::to_value(&request)? }).await?;
     let requested = std::time::Instant::now();
+    let (worker, peer) = place_job(&mut sig, args.to.as_deref(), &request, &job_id, args.wait).await?;
     // JSON lines carry the time since the request, so a caller can tell how soon the job spoke.
     let stamped = |m: &JobMessage| -> anyhow::Result<String> {
         let mut v = serde_json::to_value(m)?;
         v["elapsed_ms"] = (requested.elapsed().as_secs_f64() * 1000.0).into();
         Ok(v.to_string())
-    };
-    let peer = loop {
-        match sig.recv(args.wait).await.context("no answer from the worker")? {
-            Outbound::PeerMessage { from, payload } if from == worker => match serde_json::from_value(payload) {
-                Ok(JobSignal::JobAccepted { job_id: id, peer }) if id == job_id => break peer,
-                Ok(JobSignal::Busy { job_id: id, message }) if id == job_id => bail!("{worker} is busy: {message}"),
-                Ok(JobSignal::JobRejected { job_id: id, message }) if id == job_id => {
-                    bail!("{worker} refused the job: {message}")
-                }
-                _ => continue,
-            },
-            Outbound::PeerLeft { peer_id } if peer_id == worker => bail!("{worker} left the room"),
-            _ => continue,
-        }
     };
     say(
         format!("job {job_id} accepted by {worker}"),
@@ -271,23 +257,65 @@ async fn gone(sig: &mut Signaling, worker: &str) -> bool {
     }
 }
 
-/// `wanted` if given (waiting for it), else the first worker in the room.
-async fn find_worker(sig: &mut Signaling, wanted: Option<&str>, wait: Duration) -> anyhow::Result<String> {
-    if let Some(p) = sig.peers().iter().find(|p| wanted.map_or(p.role == Role::Worker, |w| w == p.peer_id)) {
-        return Ok(p.peer_id.clone());
-    }
+/// Asks for the job until a worker takes it: the one named, or each worker in the room in turn
+/// (waiting for one to join if there is none), a busy one passing it on to the next. Returns the
+/// worker and the job's peer id.
+async fn place_job(
+    sig: &mut Signaling,
+    wanted: Option<&str>,
+    request: &JobSignal,
+    job_id: &str,
+    wait: Duration,
+) -> anyhow::Result<(String, String)> {
+    let fits = |peer_id: &str, role: Role| wanted.map_or(role == Role::Worker, |w| w == peer_id);
+    let mut untried: Vec<String> =
+        sig.peers().iter().filter(|p| fits(&p.peer_id, p.role)).map(|p| p.peer_id.clone()).collect();
+    let mut busy: Vec<String> = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match sig.recv(left).await {
-            Ok(Outbound::PeerJoined { peer_id, role }) if wanted.map_or(role == Role::Worker, |w| w == peer_id) => {
-                return Ok(peer_id);
+        let worker = if untried.is_empty() {
+            if !busy.is_empty() {
+                bail!("every worker in the room is busy: {}", busy.join("; "));
             }
-            Ok(_) => {}
-            Err(SignalingError::Timeout(_)) => {
-                bail!("no worker in the room within {}", humantime::format_duration(wait))
+            match sig.recv(left()).await {
+                Ok(Outbound::PeerJoined { peer_id, role }) if fits(&peer_id, role) => peer_id,
+                Ok(_) => continue,
+                Err(SignalingError::Timeout(_)) => {
+                    bail!("no worker in the room within {}", humantime::format_duration(wait))
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
+        } else {
+            untried.remove(0)
+        };
+        sig.send(Inbound::PeerMessage { to: worker.clone(), payload: serde_json::to_value(request)? }).await?;
+        loop {
+            match sig.recv(left()).await.with_context(|| format!("no answer from {worker}"))? {
+                Outbound::PeerMessage { from, payload } if from == worker => match serde_json::from_value(payload) {
+                    Ok(JobSignal::JobAccepted { job_id: id, peer }) if id == job_id => return Ok((worker, peer)),
+                    Ok(JobSignal::Busy { job_id: id, message }) if id == job_id => {
+                        if wanted.is_some() {
+                            bail!("{worker} is busy: {message}");
+                        }
+                        busy.push(format!("{worker} ({message})"));
+                        break;
+                    }
+                    Ok(JobSignal::JobRejected { job_id: id, message }) if id == job_id => {
+                        bail!("{worker} refused the job: {message}")
+                    }
+                    _ => {}
+                },
+                Outbound::PeerLeft { peer_id } if peer_id == worker => {
+                    if wanted.is_some() {
+                        bail!("{worker} left the room");
+                    }
+                    break;
+                }
+                Outbound::PeerLeft { peer_id } => untried.retain(|w| *w != peer_id),
+                Outbound::PeerJoined { peer_id, role } if fits(&peer_id, role) => untried.push(peer_id),
+                _ => {}
+            }
         }
     }
 }

@@ -145,8 +145,8 @@ async fn accept(worker: &Arc<Worker>, client: &str, job_id: &str, input: String,
         return JobSignal::Busy { job_id, message: format!("{} runs {} job(s) already", worker.name, worker.max) };
     }
     let peer = job_peer(&job_id);
-    let sig = match Signaling::join(&worker.server.server, &worker.room, Role::Worker, Some(&peer), &worker.token).await
-    {
+    // A plain peer, not a worker: clients looking for a worker must not ask a job for work.
+    let sig = match Signaling::join(&worker.server.server, &worker.room, Role::Peer, Some(&peer), &worker.token).await {
         Ok(s) => s,
         Err(e) => {
             worker.running.fetch_sub(1, Ordering::SeqCst);

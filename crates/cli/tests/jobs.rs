@@ -73,6 +73,7 @@ on_both_stores!(
     a_job_runs_end_to_end_and_its_outputs_come_back_verified,
     pause_resume_and_cancel_reach_the_command_and_a_busy_worker_says_so,
     the_p_and_r_keys_pause_and_resume_a_job_from_the_terminal,
+    a_busy_worker_passes_the_job_on_to_a_free_one,
     a_worker_killed_mid_job_is_reported_as_failed,
     a_job_outlives_its_client_and_attach_gets_the_result,
     with_the_data_channel_blocked_a_job_still_completes,
@@ -264,6 +265,41 @@ async fn the_p_and_r_keys_pause_and_resume_a_job_from_the_terminal(store: Store)
     let paused = states.iter().position(|s| *s == "paused").expect("paused");
     assert!(states[paused..].contains(&"running"), "running again after the pause: {states:?}");
     assert_eq!(result_of(&seen)["status"], "cancelled");
+}
+
+/// Without `--to`, a job goes to whichever worker is free; with every worker busy, the client
+/// says so.
+async fn a_busy_worker_passes_the_job_on_to_a_free_one(store: Store) {
+    let Servers { srv, _s3 } = servers(store);
+    let dir = tempfile::tempdir().unwrap();
+    let _w1 = worker(&srv, dir.path(), "w1", "1");
+    let _w2 = worker(&srv, dir.path(), "w2", "1");
+    let input = write_file(dir.path(), "in.txt", b"hello");
+    let state = dir.path().join("state");
+    let mut running = Vec::new();
+    let mut workers = Vec::new();
+    for job in ["first", "second"] {
+        let pid_file = dir.path().join(format!("pid-{job}"));
+        let args = ["--job-id", job, input.to_str().unwrap()];
+        let (child, lines, seen) = run_until(submit(&srv, &state, &args, &[pid_file.to_str().unwrap()]), |v| {
+            v["type"] == "progress" && v["data"]["tick"].is_number()
+        })
+        .await;
+        let accepted = seen.iter().find(|l| l["type"] == "accepted").unwrap();
+        workers.push(accepted["worker"].as_str().unwrap().to_owned());
+        running.push((child, lines, seen));
+    }
+    workers.sort();
+    assert_eq!(workers, ["w1", "w2"], "one job on each worker");
+    let args = ["--job-id", "third", input.to_str().unwrap()];
+    let (ok, _, err) = run_json(submit(&srv, &state, &args, &[])).await;
+    assert!(!ok && err.contains("every worker in the room is busy"), "{err}");
+    for (job, (child, lines, mut seen)) in ["first", "second"].into_iter().zip(running) {
+        let (ok, _, err) = run_json(job_cmd(&srv, dir.path(), "cancel", job)).await;
+        assert!(ok, "{err}");
+        assert!(!finish(child, lines, &mut seen).await);
+        assert_eq!(result_of(&seen)["status"], "cancelled");
+    }
 }
 
 async fn a_worker_killed_mid_job_is_reported_as_failed(store: Store) {
