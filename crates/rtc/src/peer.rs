@@ -417,11 +417,11 @@ impl Driver {
             self.deliver();
             let timeout = match timeout {
                 Ok(Some(t)) => t,
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "peer connection failed");
                     let _ = self.events.send(PeerEvent::Disconnected).await;
-                    return;
+                    break;
                 }
             };
             let sleep = tokio::time::sleep_until(timeout.into());
@@ -455,18 +455,20 @@ impl Driver {
                             let _ = self.socket.send_to(&datagram, to).await;
                         }
                         self.rtc.disconnect();
-                        for relay in &mut self.relays {
-                            relay.close(Instant::now(), &mut self.outgoing);
-                        }
-                        for (to, datagram) in std::mem::take(&mut self.outgoing) {
-                            let _ = self.socket.send_to(&datagram, to).await;
-                        }
-                        return;
+                        break;
                     }
                     Some(c) => self.command(c),
                 },
                 _ = sleep => self.tick(),
             }
+        }
+        // However the connection ended, its relay allocations are given back now rather than
+        // held on the relay until they expire.
+        for relay in &mut self.relays {
+            relay.close(Instant::now(), &mut self.outgoing);
+        }
+        for (to, datagram) in std::mem::take(&mut self.outgoing) {
+            let _ = self.socket.send_to(&datagram, to).await;
         }
     }
 

@@ -171,3 +171,29 @@ async fn relay_only_without_a_turn_server_is_refused_with_the_reason() {
         Ok(_) => panic!("a relay-only peer started without a relay"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_peer_gives_its_relay_allocation_back() {
+    // One allocation per user: the second peer gets one only if the first gave its back.
+    let relay = ["--relay-ip=127.0.0.1", "--lt-cred-mech", "--user=ferry:relay-secret", "--realm=ferry.test"];
+    let (_coturn, port) = coturn(&[&relay[..], &["--allow-loopback-peers", "--user-quota=1"]].concat()).await;
+    let turn = IceServer::turn("127.0.0.1", port, "ferry", "relay-secret");
+    let config = PeerConfig { ice_servers: vec![turn], relay_only: true, ..PeerConfig::default() };
+    let (first, _) = Peer::offer(&config, &["upload"]).await.unwrap();
+    // While the first holds its allocation, the quota is spent.
+    match Peer::offer(&config, &["upload"]).await {
+        Err(PeerError::NoRelay(why)) => assert!(why.contains("refused"), "{why}"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("coturn's quota let a second allocation through"),
+    }
+    first.close().await;
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Peer::offer(&config, &["upload"]).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "the allocation was not given back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
