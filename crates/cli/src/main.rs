@@ -56,6 +56,10 @@ enum Command {
     /// Join a room as a worker and run the jobs clients submit.
     Worker(Box<worker::WorkerArgs>),
     /// Send a job to a worker in a room and follow it to its result.
+    ///
+    /// A local input is stored first, over a data channel or as HTTP parts by the same rules as
+    /// `ferry put --to`. While the job runs, `p` pauses it and `r` resumes it (on a terminal) and
+    /// Ctrl-C cancels it.
     Submit(Box<submit::SubmitArgs>),
     /// Pause, resume or cancel a running job.
     Job(submit::JobArgs),
