@@ -6,7 +6,9 @@
 //! process group, forwards each stdout line (JSON objects as progress, the rest as log lines),
 //! uploads what the command wrote to its output dir under `rooms/{room}/results/{job}/`, records
 //! the job in the room's manifest and sends the result. A job outlives its client: results are
-//! stored and recorded whether or not anyone is still listening.
+//! stored and recorded whether or not anyone is still listening. Jobs a killed worker left
+//! behind are ended and recorded as failed when a worker next starts on the same work dir
+//! ([`crate::leftovers`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -51,6 +53,8 @@ pub struct WorkerArgs {
     jobs: usize,
 
     /// Where jobs' inputs and outputs are kept while they run. Default: the system's temp dir.
+    /// A worker that starts on it ends the commands of jobs a killed worker left there and
+    /// records those jobs as failed.
     #[arg(long, env = "FERRY_WORKER_DIR")]
     work_dir: Option<PathBuf>,
 
@@ -82,6 +86,9 @@ struct Worker {
     api: Arc<Api>,
     running: AtomicUsize,
     max: usize,
+    /// This process, named in each job's record so a later worker can tell its jobs from
+    /// orphans (`None` without /proc: then no records are kept).
+    owner: Option<crate::leftovers::Process>,
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -101,7 +108,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         token,
         running: AtomicUsize::new(0),
         max: args.jobs,
+        owner: crate::leftovers::Process::of(std::process::id()),
     });
+    crate::leftovers::sweep(&worker.work_dir, &worker.api, now()).await;
     eprintln!("ferry worker: {} in room {}, up to {} job(s) at once", worker.name, worker.room, worker.max);
     loop {
         let (from, payload) = match sig.recv(Duration::from_secs(3600)).await {
@@ -287,6 +296,18 @@ async fn execute(
     let (input_path, out_dir) = (dir.join("in").join(name), dir.join("out"));
     std::fs::create_dir_all(dir.join("in")).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let mut record = w.owner.map(|owner| crate::leftovers::JobRecord {
+        job_id: job_id.to_owned(),
+        room: w.room.clone(),
+        worker: w.name.clone(),
+        input: input.to_owned(),
+        started_at: now(),
+        owner,
+        command: None,
+    });
+    if let Some(r) = &record {
+        r.save(dir).with_context(|| format!("cannot write the job's record in {}", dir.display()))?;
+    }
     let (events, _) = ferry_client::events::channel();
     let opts = DownloadOptions::new(dir.join("journal"));
     let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency));
@@ -310,6 +331,10 @@ async fn execute(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot run {program}"))?;
+    if let Some(r) = &mut record {
+        r.command = child.id().and_then(crate::leftovers::Process::of);
+        r.save(dir).with_context(|| format!("cannot write the job's record in {}", dir.display()))?;
+    }
     let group = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
     let signal = |s: Signal| {
         if let Some(g) = group {

@@ -83,7 +83,9 @@ on_both_stores!(
 /// The job's command: reports progress as JSON lines, logs a plain line, and writes two outputs
 /// (one in a subdirectory). With a third argument `slow` it takes two seconds first; with
 /// `barrier DIR` it waits until two jobs have arrived in DIR, so both end at the same moment;
-/// with any other, it writes its pid there and loops until killed, reporting progress.
+/// with `linger FILE` it writes its pid there, reports once and then waits silently (ten
+/// minutes at most); with any other, it writes its pid there and loops until killed, reporting
+/// progress.
 const SCRIPT: &str = r#"#!/bin/sh
 in="$1"; out="$2"
 echo '{"pct": 0}'
@@ -92,6 +94,10 @@ if [ "$3" = "slow" ]; then sleep 2; fi
 if [ "$3" = "barrier" ]; then
   touch "$4/$$"
   while [ "$(ls "$4" | wc -l)" -lt 2 ]; do sleep 0.01; done
+elif [ "$3" = "linger" ]; then
+  echo $$ > "$4"
+  echo '{"tick": 1}'
+  sleep 600
 elif [ -n "$3" ] && [ "$3" != "slow" ]; then
   echo $$ > "$3"
   i=0
@@ -179,13 +185,18 @@ fn running(state: Option<char>) -> bool {
     state.is_some_and(|c| !"TtZX".contains(c))
 }
 
-/// Waits for `cond`; on a timeout, the failure shows the worker's log (in `dir`).
+/// Waits for `cond`; on a timeout, the failure shows the workers' logs (in `dir`).
 async fn wait_for(dir: &Path, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !cond() {
         if tokio::time::Instant::now() >= deadline {
-            let log = std::fs::read_to_string(dir.join("worker-solo.log")).unwrap_or_default();
-            panic!("timed out waiting for {what}; the worker's log:\n{log}");
+            let logs: String = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("worker-"))
+                .map(|e| format!("{}:\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+                .collect();
+            panic!("timed out waiting for {what}; the workers' logs:\n{logs}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -309,8 +320,9 @@ async fn a_worker_killed_mid_job_is_reported_as_failed(store: Store) {
     let input = write_file(dir.path(), "in.txt", b"hello");
     let pid_file = dir.path().join("pid");
     let args = ["--to", "doomed", "--job-id", "doomed-job", input.to_str().unwrap()];
+    // A command that no longer writes: an orphan that a closed stdout would not end.
     let (job, lines, mut seen) =
-        run_until(submit(&srv, &dir.path().join("state"), &args, &[pid_file.to_str().unwrap()]), |v| {
+        run_until(submit(&srv, &dir.path().join("state"), &args, &["linger", pid_file.to_str().unwrap()]), |v| {
             v["type"] == "progress" && v["data"]["tick"].is_number()
         })
         .await;
@@ -321,9 +333,20 @@ async fn a_worker_killed_mid_job_is_reported_as_failed(store: Store) {
     let r = result_of(&seen);
     assert_eq!((r["status"].as_str(), r["job_id"].as_str()), (Some("failed"), Some("doomed-job")), "{r}");
     assert!(r["message"].as_str().unwrap().contains("doomed went away"), "{r}");
-    // The command was in the worker's process group's care; the kill -9 of the worker leaves it
-    // to be reaped by init, and it is not the client's business: end it here.
-    let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+
+    // The kill -9 left the command running, orphaned, and nothing in the manifest.
+    assert!(running(proc_state(pid)), "the orphan: {:?}", proc_state(pid));
+    let manifest: Value = srv.get("/rooms/lab/manifest").await.json().await.unwrap();
+    assert!(manifest["entries"].as_array().is_none_or(|e| e.is_empty()), "{manifest}");
+    // A worker started on the same work dir ends it and records the job as failed, so attach
+    // learns the outcome instead of waiting.
+    let _again = worker(&srv, dir.path(), "doomed", "1");
+    wait_for(dir.path(), "the orphaned command to end", || proc_state(pid).is_none_or(|s| s == 'Z')).await;
+    let attach = ["job", "attach", "doomed-job", "--room", "lab", "--json", "--wait", "30s"];
+    let (ok, lines, err) = run_json(ferry(&srv.url, &dir.path().join("state"), &attach)).await;
+    assert!(!ok, "a failed job is not a success");
+    assert_eq!(result_of(&lines)["status"], "failed", "{err}");
+    assert!(!dir.path().join("work-doomed").join("doomed-job").exists(), "the job's dir is removed");
 }
 
 async fn a_job_outlives_its_client_and_attach_gets_the_result(store: Store) {
