@@ -5,6 +5,7 @@
 use std::io::{IsTerminal, Read};
 
 use nix::sys::termios::{LocalFlags, SetArg, SpecialCharacterIndices, Termios, tcgetattr, tcsetattr};
+use nix::unistd::{getpgrp, tcgetpgrp};
 use tokio::sync::mpsc;
 
 pub struct Keys {
@@ -13,10 +14,12 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// Starts reading keys; `None` when stdin is not a terminal (piped, or a service).
+    /// Starts reading keys; `None` when stdin is not a terminal (piped, or a service), or is
+    /// the terminal of a shell that runs this in the background (`ferry submit … &`): changing
+    /// or reading that terminal would stop this process (SIGTTOU, SIGTTIN) until brought back.
     pub fn start() -> Option<Keys> {
         let stdin = std::io::stdin();
-        if !stdin.is_terminal() {
+        if !stdin.is_terminal() || matches!(tcgetpgrp(&stdin), Ok(foreground) if foreground != getpgrp()) {
             return None;
         }
         let original = tcgetattr(&stdin).ok()?;

@@ -74,6 +74,7 @@ on_both_stores!(
     pause_resume_and_cancel_reach_the_command_and_a_busy_worker_says_so,
     the_p_and_r_keys_pause_and_resume_a_job_from_the_terminal,
     a_busy_worker_passes_the_job_on_to_a_free_one,
+    submit_in_the_background_of_a_terminal_is_not_stopped,
     a_worker_killed_mid_job_is_reported_as_failed,
     a_job_outlives_its_client_and_attach_gets_the_result,
     with_the_data_channel_blocked_a_job_still_completes,
@@ -276,6 +277,32 @@ async fn the_p_and_r_keys_pause_and_resume_a_job_from_the_terminal(store: Store)
     let paused = states.iter().position(|s| *s == "paused").expect("paused");
     assert!(states[paused..].contains(&"running"), "running again after the pause: {states:?}");
     assert_eq!(result_of(&seen)["status"], "cancelled");
+}
+
+/// `ferry submit … &` from a shell on a terminal: a background process that touched the terminal
+/// would be stopped (SIGTTOU) and the job never followed. The terminal here is a pty made the
+/// controlling terminal of a new session whose shell has job control on.
+async fn submit_in_the_background_of_a_terminal_is_not_stopped(store: Store) {
+    let Servers { srv, _s3 } = servers(store);
+    let dir = tempfile::tempdir().unwrap();
+    let _w = worker(&srv, dir.path(), "w1", "1");
+    let input = write_file(dir.path(), "in.txt", b"in the background");
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut cmd = tokio::process::Command::new("setsid");
+    cmd.args(["--ctty", "--wait", "sh", "-c", "set -m; \"$@\" & wait $!", "sh", env!("CARGO_BIN_EXE_ferry"), "submit"])
+        .args(["--job-id", "behind", input.to_str().unwrap()])
+        .args(["--room", "lab", "--json", "--server", &srv.url, "--token", TOKEN])
+        .env("FERRY_STATE_DIR", dir.path().join("state"))
+        .env("FERRY_LOG", "warn")
+        .stdin(Stdio::from(pty.slave))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let (ok, lines, err) = tokio::time::timeout(Duration::from_secs(60), run_json(cmd))
+        .await
+        .expect("submit in the background was stopped");
+    assert!(ok, "{err}");
+    assert_eq!(result_of(&lines)["status"], "succeeded");
 }
 
 /// Without `--to`, a job goes to whichever worker is free; with every worker busy, the client
