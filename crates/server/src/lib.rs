@@ -52,8 +52,8 @@ pub(crate) struct AppState {
     /// Cancelled when the server starts shutting down, so long-lived responses (event streams) end.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub signal: routes::signal::Hub,
-    /// Held across a manifest's conditional write (see `routes::rooms`).
-    pub manifest_writes: tokio::sync::Mutex<()>,
+    /// Held across a manifest's read and across its conditional write (see `routes::rooms`).
+    pub manifest_lock: tokio::sync::Mutex<()>,
 }
 
 /// A server ready to accept connections.
@@ -106,7 +106,7 @@ impl Server {
         };
         let state = AppState {
             signal: routes::signal::Hub::new(admission),
-            manifest_writes: tokio::sync::Mutex::new(()),
+            manifest_lock: tokio::sync::Mutex::new(()),
             config,
             tokens,
             signer: Signer::new(secret),

@@ -3,10 +3,11 @@
 //! as the `ETag`; a write must name the version it replaces (`If-Match`) or say there is none yet
 //! (`If-None-Match: *`), and loses with 412 if another writer got there first.
 //!
-//! One server also serialises these writes itself: not every S3-compatible store makes its
-//! conditional PUT atomic (s3s-fs checks the ETag, then writes, so two writers holding the same
-//! version can both win). Across several servers sharing a bucket, the store's own
-//! compare-and-swap is what counts (AWS S3's is atomic).
+//! One server also serialises these reads and writes itself: not every S3-compatible store is
+//! atomic here. s3s-fs checks the ETag, then writes, so two writers holding the same version can
+//! both win; and a read of it opens the old body, then finds the new ETag, so a writer that read
+//! during another's write would replace the newest entry unseen. Across several servers sharing a
+//! bucket, the store's own compare-and-swap and reads are what count (AWS S3's are atomic).
 
 use std::sync::Arc;
 
@@ -44,7 +45,11 @@ fn with_etag(mut res: Response, version: &str) -> Response {
 
 async fn read(State(st): State<Arc<AppState>>, Path(room): Path<String>) -> Result<Response, ApiError> {
     let name = record_name(&room)?;
-    match st.sessions.store().get_record(&name).await? {
+    let record = {
+        let _serialised = st.manifest_lock.lock().await;
+        st.sessions.store().get_record(&name).await?
+    };
+    match record {
         Some(r) => {
             let manifest: Manifest = serde_json::from_slice(&r.bytes)
                 .map_err(|e| ApiError::internal(format!("the manifest of room {room} is unreadable: {e}")))?;
@@ -82,7 +87,7 @@ async fn write(
     };
     manifest.check().map_err(|m| ApiError::bad_request("invalid_manifest", m))?;
     let bytes = serde_json::to_vec(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
-    let _serialised = st.manifest_writes.lock().await;
+    let _serialised = st.manifest_lock.lock().await;
     match st.sessions.store().put_record(&name, bytes, condition).await {
         Ok(version) => Ok(with_etag(json(StatusCode::OK, &manifest), &version)),
         Err(StoreError::ConditionFailed) => Err(ApiError::new(
