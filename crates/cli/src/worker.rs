@@ -148,30 +148,43 @@ async fn accept(worker: &Arc<Worker>, client: &str, job_id: &str, input: String,
     if !valid_job_id(&job_id) {
         return JobSignal::JobRejected { job_id, message: "job ids are 1 to 60 letters, digits, '-', '_'".into() };
     }
-    let taken = worker.running.fetch_add(1, Ordering::SeqCst);
-    if taken >= worker.max {
-        worker.running.fetch_sub(1, Ordering::SeqCst);
+    let Some(slot) = Slot::take(worker) else {
         return JobSignal::Busy { job_id, message: format!("{} runs {} job(s) already", worker.name, worker.max) };
-    }
+    };
     let peer = job_peer(&job_id);
     // A plain peer, not a worker: clients looking for a worker must not ask a job for work.
     let sig = match Signaling::join(&worker.server.server, &worker.room, Role::Peer, Some(&peer), &worker.token).await {
         Ok(s) => s,
-        Err(e) => {
-            worker.running.fetch_sub(1, Ordering::SeqCst);
-            return JobSignal::JobRejected { job_id, message: format!("cannot listen as {peer}: {e}") };
-        }
+        Err(e) => return JobSignal::JobRejected { job_id, message: format!("cannot listen as {peer}: {e}") },
     };
     let w = Arc::clone(worker);
     let (client, id) = (client.to_owned(), job_id.clone());
     tokio::spawn(async move {
-        let result = run_job(&w, sig, &client, &id, &input, &args).await;
-        if let Err(e) = &result {
+        if let Err(e) = run_job(&w, slot, sig, &client, &id, &input, &args).await {
             eprintln!("ferry worker: job {id}: {e:#}");
         }
-        w.running.fetch_sub(1, Ordering::SeqCst);
     });
     JobSignal::JobAccepted { job_id, peer }
+}
+
+/// One of the worker's `--jobs` places, held by a job until it has done its work (or failed).
+struct Slot(Arc<Worker>);
+
+impl Slot {
+    fn take(worker: &Arc<Worker>) -> Option<Slot> {
+        let taken = worker.running.fetch_add(1, Ordering::SeqCst);
+        if taken >= worker.max {
+            worker.running.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(Arc::clone(worker)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn now() -> u64 {
@@ -202,6 +215,7 @@ impl Reporter {
 
 async fn run_job(
     w: &Worker,
+    slot: Slot,
     mut sig: Signaling,
     client: &str,
     job_id: &str,
@@ -261,10 +275,12 @@ async fn run_job(
     let lost = w.api.record_in_manifest(&w.room, &entry).await.context("recording the job in the room's manifest")?;
     tracing::debug!(job = job_id, lost_races = lost, "recorded in the room's manifest");
     let _ = std::fs::remove_dir_all(&dir);
+    // The job's slot is free before its result leaves: a client that submits its next job the
+    // moment it hears this one end must not be told `busy`.
+    drop(slot);
     let result = JobResult { job_id: job_id.to_owned(), status: status.to_owned(), message, outputs };
     report.send(&JobMessage::Result(result)).await;
-    // The connection stays a moment for the result to leave, but the job's slot is free now: a
-    // client that submits its next job the moment this one ends must not be told `busy`.
+    // The connection stays a moment for the result to leave.
     if let Some(peer) = peer.take() {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -83,10 +83,10 @@ on_both_stores!(
 
 /// The job's command: reports progress as JSON lines, logs a plain line, and writes two outputs
 /// (one in a subdirectory). With a third argument `slow` it takes two seconds first; with
-/// `barrier DIR` it waits until two jobs have arrived in DIR, so both end at the same moment;
-/// with `linger FILE` it writes its pid there, reports once and then waits silently (ten
-/// minutes at most); with any other, it writes its pid there and loops until killed, reporting
-/// progress.
+/// `barrier DIR` it waits until two jobs have arrived in DIR (30 s at most), so both end at the
+/// same moment; with `linger FILE` it writes its pid there, reports once and then waits silently
+/// (ten minutes at most); with any other, it writes its pid there and loops until killed,
+/// reporting progress.
 const SCRIPT: &str = r#"#!/bin/sh
 in="$1"; out="$2"
 echo '{"pct": 0}'
@@ -94,7 +94,11 @@ echo "reading $(wc -c < "$in" | tr -d ' ') bytes"
 if [ "$3" = "slow" ]; then sleep 2; fi
 if [ "$3" = "barrier" ]; then
   touch "$4/$$"
-  while [ "$(ls "$4" | wc -l)" -lt 2 ]; do sleep 0.01; done
+  n=0
+  while [ "$(ls "$4" | wc -l)" -lt 2 ]; do
+    n=$((n + 1)); if [ $n -gt 3000 ]; then echo "the other job never came" >&2; exit 3; fi
+    sleep 0.01
+  done
 elif [ "$3" = "linger" ]; then
   echo $$ > "$4"
   echo '{"tick": 1}'
