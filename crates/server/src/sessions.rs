@@ -750,7 +750,7 @@ impl Sessions {
             }
             Err(e) => return Err(e),
         }
-        if let Err(e) = self.store.abort_multipart(&multipart).await {
+        if let Err(e) = self.store.discard_completed_parts(&multipart).await {
             tracing::warn!(upload_id, error = %e, "completed, but its parts could not be removed");
         }
         self.upload_completed(session, &info).await;

@@ -182,6 +182,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every part of the upload. Idempotent.
     async fn abort_multipart(&self, upload: &Multipart) -> Result<(), StoreError>;
 
+    /// Deletes what is left of the parts once the upload has completed (the object is kept).
+    /// By default that is [`Store::abort_multipart`]; a store whose completion already consumed
+    /// them has nothing to do.
+    async fn discard_completed_parts(&self, upload: &Multipart) -> Result<(), StoreError> {
+        self.abort_multipart(upload).await
+    }
+
     async fn open_object(&self, key: &str) -> Result<Box<dyn ObjectReader>, StoreError>;
 
     async fn head_object(&self, key: &str) -> Result<ObjectInfo, StoreError> {

@@ -940,6 +940,12 @@ impl Store for S3Store {
         self.abort_store_upload(&s3_key, &upload.store_id, &upload.upload_id).await
     }
 
+    async fn discard_completed_parts(&self, upload: &Multipart) -> Result<(), StoreError> {
+        // CompleteMultipartUpload removed a native upload's parts; aborting it afterwards only
+        // earns a NoSuchUpload (or, from some services, an AccessDenied).
+        if upload.parts_as_objects { self.abort_multipart(upload).await } else { Ok(()) }
+    }
+
     async fn open_object(&self, key: &str) -> Result<Box<dyn ObjectReader>, StoreError> {
         let s3_key = self.object_key(key)?;
         let head = self.head(&s3_key).await?.ok_or(StoreError::NoSuchObject)?;
