@@ -138,3 +138,26 @@ async fn bad_messages_get_errors_and_floods_or_oversized_messages_close_the_sock
     assert_eq!(recv(&mut watcher).await.unwrap()["type"], "peer_joined");
     assert_eq!(recv(&mut watcher).await.unwrap(), json!({"type": "peer_left", "peer_id": "big"}));
 }
+
+/// Peers joining one room at the same moment: each must hear `joined` (the answer to its own
+/// `join`) before any `peer_joined` about the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joined_comes_before_news_of_peers_joining_at_the_same_moment() {
+    let srv = TestServer::start(&[]);
+    for round in 0..30 {
+        let room = format!("rush-{round}");
+        let mut sockets = Vec::new();
+        for _ in 0..8 {
+            sockets.push(connect(&srv).await);
+        }
+        let joins = sockets.iter_mut().enumerate().map(|(i, ws)| {
+            let msg = json!({"type": "join", "room": room, "role": "peer", "peer_id": format!("p{i}"), "token": TOKEN});
+            send(ws, msg)
+        });
+        futures_util::future::join_all(joins).await;
+        for (i, ws) in sockets.iter_mut().enumerate() {
+            let first = recv(ws).await.unwrap();
+            assert_eq!(first["type"], "joined", "round {round}, peer p{i} first heard {first}");
+        }
+    }
+}

@@ -135,7 +135,10 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
                         hub.deliver(reply.into_iter().map(|m| (conn, m)).collect());
                     }
                     Ok(inbound) => {
-                        let deliveries = hub.rooms().handle(conn, inbound);
+                        // Queued while the rooms are still locked: two peers joining at once each
+                        // get their `joined` before any news of the other.
+                        let mut rooms = hub.rooms();
+                        let deliveries = rooms.handle(conn, inbound);
                         hub.deliver(deliveries);
                     }
                     Err(e) => {
@@ -148,8 +151,11 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
         }
     };
     hub.queues.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
-    let left = hub.rooms().leave(conn);
-    hub.deliver(left);
+    {
+        let mut rooms = hub.rooms();
+        let left = rooms.leave(conn);
+        hub.deliver(left);
+    }
     if let Some((code, reason)) = close {
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
         let _ = sink.send(Message::Close(Some(frame))).await;
