@@ -110,8 +110,9 @@ pub async fn sweep(work_dir: &Path, api: &Api, now: u64) {
         {
             let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
         }
+        // The worker may have died after recording the job and before removing its dir.
         let recorded = match api.manifest(&job.room).await {
-            Ok((m, _)) if m.entries.iter().any(|e| e.job_id == job.job_id) => Ok(0),
+            Ok((m, _)) if m.entries.iter().any(|e| e.job_id == job.job_id) => Ok(false),
             Ok(_) => {
                 let entry = ManifestEntry {
                     job_id: job.job_id.clone(),
@@ -122,16 +123,18 @@ pub async fn sweep(work_dir: &Path, api: &Api, now: u64) {
                     started_at: job.started_at,
                     finished_at: now,
                 };
-                api.record_in_manifest(&job.room, &entry).await
+                api.record_in_manifest(&job.room, &entry).await.map(|_| true)
             }
             Err(e) => Err(e),
         };
         match recorded {
-            Ok(_) => {
-                eprintln!(
-                    "ferry worker: job {} in room {} was left behind by a worker that stopped; it is recorded as failed",
-                    job.job_id, job.room
-                );
+            Ok(failed) => {
+                if failed {
+                    eprintln!(
+                        "ferry worker: job {} in room {} was left behind by a worker that stopped; it is recorded as failed",
+                        job.job_id, job.room
+                    );
+                }
                 let _ = std::fs::remove_dir_all(&dir);
             }
             Err(e) => eprintln!("ferry worker: job {} was left behind, and recording it failed: {e}", job.job_id),
