@@ -635,12 +635,15 @@ impl Sessions {
             let result = self.complete_claimed(&mut session, version, check.as_deref(), sha256.as_deref()).await;
             // Two servers can both win the claim on a store whose conditional PUT is not atomic
             // (s3s-fs checks, then writes): the one whose final write loses returns the winner's
-            // result, which is the same object.
+            // result, which is the same object, once the winner (maybe still assembling it) has
+            // recorded it.
             if let Err(e) = &result
                 && e.code == CONCURRENT
-                && let Some(done) = self.completed_result(upload_id).await?
             {
-                return Ok(done);
+                self.await_claim(upload_id).await?;
+                if let Some(done) = self.completed_result(upload_id).await? {
+                    return Ok(done);
+                }
             }
             if result.is_err() {
                 self.release_claim(upload_id, now).await;
