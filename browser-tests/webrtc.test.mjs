@@ -37,7 +37,7 @@ async function ferryPage(server) {
   return page;
 }
 
-test("a Chromium page uploads a file to ferry serve over a data channel in seed 004's framing", async () => {
+test("a Chromium page uploads to ferry serve in seed 004's framing; empty, 1-byte and 0xff keepalives are echoed before, during and after", async () => {
   const server = await startServer();
   try {
     const page = await ferryPage(server);
@@ -48,9 +48,21 @@ test("a Chromium page uploads a file to ferry serve over a data channel in seed 
       const ch = pc.createDataChannel("video_upload");
       ch.binaryType = "arraybuffer";
       ch.bufferedAmountLowThreshold = 512 * 1024;
-      const answered = new Promise((resolve) => {
-        ch.onmessage = (e) => { if (typeof e.data === "string") resolve(JSON.parse(e.data)); };
+      const echoes = [];
+      let answered;
+      const answer = new Promise((resolve) => (answered = resolve));
+      let echoed = () => {};
+      ch.onmessage = (e) => {
+        if (typeof e.data === "string") answered(JSON.parse(e.data));
+        else { echoes.push(Array.from(new Uint8Array(e.data))); echoed(); }
+      };
+      const until = (what, check) => new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no ${what} within 30 s; echoes so far: ${JSON.stringify(echoes)}`)), 30000);
+        echoed = () => { if (check()) { clearTimeout(timer); resolve(); } };
+        echoed();
       });
+      // An empty ArrayBuffer, one zero byte, one 0xff byte: all keepalives, echoed unchanged.
+      const keepalives = () => [new ArrayBuffer(0), new Uint8Array([0]), new Uint8Array([0xff])].forEach((k) => ch.send(k));
       await pc.setLocalDescription(await pc.createOffer());
       await new Promise((r) => {
         if (pc.iceGatheringState === "complete") r();
@@ -65,8 +77,9 @@ test("a Chromium page uploads a file to ferry serve over a data channel in seed 
       await new Promise((r) => (ch.readyState === "open" ? r() : (ch.onopen = r)));
       const CHUNK = 48 * 1024;
       const total = Math.ceil(data.length / CHUNK);
-      ch.send(new Uint8Array([1]));
+      keepalives();
       for (let i = 0; i < total; i++) {
+        if (i === Math.floor(total / 2)) keepalives();
         // The event can fire before the handler is set: look again every few milliseconds too.
         while (ch.bufferedAmount > 1024 * 1024) {
           await new Promise((r) => { ch.onbufferedamountlow = r; setTimeout(r, 5); });
@@ -79,13 +92,18 @@ test("a Chromium page uploads a file to ferry serve over a data channel in seed 
         msg.set(payload, 8);
         ch.send(msg);
       }
-      const answer = await answered;
+      const stored = await Promise.race([answer, new Promise((r) => setTimeout(() => r({ timedOut: true, echoes }), 30000))]);
+      await until("echoes of the keepalives sent before and during", () => echoes.length >= 6);
+      keepalives();
+      await until("echoes of the keepalives sent after", () => echoes.length >= 9);
       pc.close();
-      return answer;
+      return { stored, echoes };
     }, { token: TOKEN, b64: bytes.toString("base64") });
-    assert.equal(result.type, "complete", JSON.stringify(result));
-    assert.equal(result.sha256, createHash("sha256").update(bytes).digest("hex"));
-    const stored = await fetch(`${server.url}/v1/objects/${result.key}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+    assert.equal(result.stored.type, "complete", JSON.stringify(result.stored));
+    assert.equal(result.stored.sha256, createHash("sha256").update(bytes).digest("hex"));
+    const once = [[], [0], [255]];
+    assert.deepEqual(result.echoes, [...once, ...once, ...once], "every keepalive is echoed, unchanged and in order");
+    const stored = await fetch(`${server.url}/v1/objects/${result.stored.key}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
     assert.deepEqual(Buffer.from(await stored.arrayBuffer()), bytes);
   } finally {
     await server.stop();

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """An aiortc peer uploads a file to `ferry serve` exactly as seed 004's SDK does: a `video_upload`
 data channel, 48 KiB chunks framed `[chunk_index u32 LE][total_chunks u32 LE][payload]`, 1-byte
-keepalives, backpressure on `bufferedAmount`, and no control channel. The offer goes to
+keepalives, backpressure on `bufferedAmount`, and no control channel. Its keepalives are also an
+empty message and a 0xff byte, before, during and after the transfer: each must come back
+unchanged, and none may hold up what the server says after it. The offer goes to
 `POST /v1/rtc/offer`; the server answers on the upload channel with one JSON text message, and the
 object it stored must have the file's SHA-256 and bytes. Everything stays on 127.0.0.1.
 
@@ -73,14 +75,25 @@ async def upload(url, data):
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
     await asyncio.wait_for(opened.wait(), 30)
 
-    channel.send(b"\x00")
+    keepalives = [b"", b"\x00", b"\xff"]
+    for k in keepalives:
+        channel.send(k)
     total = (len(data) + CHUNK - 1) // CHUNK
     for i in range(total):
+        if i == total // 2:
+            for k in keepalives:
+                channel.send(k)
         while channel.bufferedAmount > HIGH_WATER:
             drained.clear()
             await asyncio.wait_for(drained.wait(), 30)
         channel.send(struct.pack("<II", i, total) + data[i * CHUNK:(i + 1) * CHUNK])
     result = await asyncio.wait_for(answers.get(), 60)
+    for k in keepalives:
+        channel.send(k)
+    for _ in range(300):
+        if len(echoes) >= 3 * len(keepalives):
+            break
+        await asyncio.sleep(0.1)
     await pc.close()
     return result, echoes
 
@@ -95,7 +108,7 @@ def main():
             assert result["type"] == "complete", result
             assert result["sha256"] == sha, result
             assert result["size"] == SIZE, result
-            assert echoes == [b"\x00"], f"the keepalive is echoed: {echoes}"
+            assert echoes == [b"", b"\x00", b"\xff"] * 3, f"every keepalive is echoed, unchanged: {echoes}"
             key = result["key"]
             req = urllib.request.Request(url + "/v1/objects/" + key, headers={"Authorization": "Bearer " + TOKEN})
             with urllib.request.urlopen(req, timeout=30) as res:

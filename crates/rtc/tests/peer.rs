@@ -132,3 +132,35 @@ async fn trickled_candidates_connect_peers_whose_descriptions_carry_none() {
     let m = tokio::time::timeout(Duration::from_secs(10), receiving.recv()).await.unwrap().unwrap();
     assert_eq!(m.data, b"trickled");
 }
+
+/// An empty message is legal on a data channel (RFC 8831 §6.6 sends it as one 0x00 byte under
+/// the "empty" PPI) and must neither be lost nor hold up what follows it on that channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_messages_arrive_and_do_not_block_the_channel() {
+    let config = PeerConfig::default();
+    let (mut offerer, offer) = Peer::offer(&config, &["upload"]).await.unwrap();
+    let (mut answerer, answer) = Peer::answer(&config, &offer).await.unwrap();
+    offerer.accept_answer(&answer).await.unwrap();
+    let mut a = next_channel(&mut offerer).await;
+    let mut b = next_channel(&mut answerer).await;
+
+    let sent: Vec<(bool, Vec<u8>)> =
+        vec![(true, vec![]), (true, b"after".to_vec()), (false, vec![]), (true, vec![0]), (false, b"text".to_vec())];
+    for (binary, data) in &sent {
+        a.send(*binary, data.clone()).await.unwrap();
+    }
+    for (binary, data) in &sent {
+        let m = tokio::time::timeout(Duration::from_secs(10), b.recv())
+            .await
+            .unwrap_or_else(|_| panic!("stalled before {data:?}"))
+            .unwrap();
+        assert_eq!((m.binary, &m.data), (*binary, data));
+    }
+    // The other way too: an echo of an empty message, then an answer.
+    b.send(true, vec![]).await.unwrap();
+    b.send(false, b"{\"type\":\"complete\"}".to_vec()).await.unwrap();
+    for expected in [&b""[..], &b"{\"type\":\"complete\"}"[..]] {
+        let m = tokio::time::timeout(Duration::from_secs(10), a.recv()).await.expect("stalled").unwrap();
+        assert_eq!(m.data, expected);
+    }
+}
