@@ -303,18 +303,6 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// An ETag without its quotes or weak marker, for comparing a quoted ETag with a bare one.
-pub fn bare_etag(etag: &str) -> &str {
-    let e = etag.trim();
-    let e = e.strip_prefix("W/").unwrap_or(e);
-    e.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(e)
-}
-
-/// Quotes an ETag for HTTP.
-pub fn quote_etag(etag: &str) -> String {
-    format!("\"{}\"", bare_etag(etag))
-}
-
 /// True when `s` is a lowercase or uppercase hex SHA-256.
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -333,16 +321,6 @@ pub fn is_base64_md5(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn etags_compare_quoted_or_bare() {
-        assert_eq!(bare_etag("\"abc\""), "abc");
-        assert_eq!(bare_etag("abc"), "abc");
-        assert_eq!(bare_etag("W/\"abc\""), "abc");
-        assert_eq!(bare_etag("\""), "\"");
-        assert_eq!(quote_etag("abc"), "\"abc\"");
-        assert_eq!(quote_etag("\"abc\""), "\"abc\"");
-    }
 
     #[test]
     fn content_md5_shape() {

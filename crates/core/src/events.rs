@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::etag::bare_etag;
+
 /// A part's processing result is cut to this many bytes.
 pub const MAX_PART_RESULT: usize = 64 * 1024;
 /// A final result (the in-order concatenation of part results, or a complete processor's output)
@@ -360,7 +362,7 @@ impl Tally {
 
     /// Whether `part_number` was received with this ETag.
     pub fn has_part(&self, part_number: u32, etag: &str) -> bool {
-        self.etags.get(&part_number).is_some_and(|e| crate::api::bare_etag(e) == crate::api::bare_etag(etag))
+        self.etags.get(&part_number).is_some_and(|e| bare_etag(e) == bare_etag(etag))
     }
 }
 

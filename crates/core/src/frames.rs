@@ -15,8 +15,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 /// Bytes before a chunk's payload.
 pub const HEADER_LEN: usize = 8;
 /// Seed 004's recommended payload size: fits a data-channel message on every stack.
@@ -371,46 +369,6 @@ impl Default for KeepaliveBudget {
     }
 }
 
-/// JSON messages of the `control` channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Control {
-    /// The sender announces a transfer.
-    UploadStart {
-        transfer_id: String,
-        name: String,
-        size: u64,
-        chunk_size: u32,
-        total_chunks: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        sha256: Option<String>,
-    },
-    /// The receiver holds these chunks already (`[start, end)` ranges): send the rest.
-    ResumeState {
-        transfer_id: String,
-        ranges: Vec<[u32; 2]>,
-    },
-    Progress {
-        transfer_id: String,
-        received_chunks: u64,
-        total_chunks: u32,
-    },
-    /// Stored and verified.
-    Complete {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        transfer_id: Option<String>,
-        key: String,
-        size: u64,
-        sha256: String,
-    },
-    Error {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        transfer_id: Option<String>,
-        code: String,
-        message: String,
-    },
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,22 +528,5 @@ mod tests {
         for s in 0..100 {
             assert!(b.on_keepalive(t0 + Duration::from_secs(s)).is_ok(), "one a second is fine");
         }
-    }
-
-    #[test]
-    fn control_messages_have_their_wire_shape() {
-        let start: Control = serde_json::from_str(
-            r#"{"type":"upload_start","transfer_id":"t","name":"a.mp4","size":5,"chunk_size":49152,"total_chunks":1}"#,
-        )
-        .unwrap();
-        assert!(matches!(start, Control::UploadStart { total_chunks: 1, sha256: None, .. }));
-        let resume = Control::ResumeState { transfer_id: "t".into(), ranges: vec![[0, 3], [5, 6]] };
-        assert_eq!(
-            serde_json::to_string(&resume).unwrap(),
-            r#"{"type":"resume_state","transfer_id":"t","ranges":[[0,3],[5,6]]}"#
-        );
-        let err = Control::Error { transfer_id: None, code: "total_changed".into(), message: "m".into() };
-        assert_eq!(serde_json::to_string(&err).unwrap(), r#"{"type":"error","code":"total_changed","message":"m"}"#);
-        assert!(serde_json::from_str::<Control>(r#"{"type":"upload_start"}"#).is_err());
     }
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{PartInfo, bare_etag};
+use crate::api::PartInfo;
+use crate::etag::bare_etag;
 use crate::plan::PartPlan;
 
 pub const JOURNAL_VERSION: u32 = 1;

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::{JobStatus, ManifestOutput};
+
 /// Entries a manifest may hold; a room with more should start a new one.
 pub const MAX_ENTRIES: usize = 10_000;
 
@@ -20,8 +22,7 @@ pub struct Manifest {
 pub struct ManifestEntry {
     pub job_id: String,
     pub worker: String,
-    /// `succeeded`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: JobStatus,
     /// Object keys the job read.
     #[serde(default)]
     pub inputs: Vec<String>,
@@ -30,13 +31,6 @@ pub struct ManifestEntry {
     /// Unix seconds.
     pub started_at: u64,
     pub finished_at: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestOutput {
-    pub key: String,
-    pub size: u64,
-    pub sha256: String,
 }
 
 impl Manifest {
@@ -69,11 +63,13 @@ impl Manifest {
 mod tests {
     use super::*;
 
-    fn entry(job: &str, status: &str) -> ManifestEntry {
+    use crate::job::JobStatus;
+
+    fn entry(job: &str, status: JobStatus) -> ManifestEntry {
         ManifestEntry {
             job_id: job.into(),
             worker: "w1".into(),
-            status: status.into(),
+            status,
             inputs: vec!["in.bin".into()],
             outputs: vec![],
             started_at: 1,
@@ -84,22 +80,25 @@ mod tests {
     #[test]
     fn recording_twice_keeps_one_entry_per_job() {
         let mut m = Manifest::default();
-        m.record(entry("a", "failed"));
-        m.record(entry("b", "succeeded"));
-        m.record(entry("a", "succeeded"));
-        assert_eq!(m.entries, vec![entry("a", "succeeded"), entry("b", "succeeded")]);
+        m.record(entry("a", JobStatus::Failed));
+        m.record(entry("b", JobStatus::Succeeded));
+        m.record(entry("a", JobStatus::Succeeded));
+        assert_eq!(m.entries, vec![entry("a", JobStatus::Succeeded), entry("b", JobStatus::Succeeded)]);
         assert_eq!(m.check(), Ok(()));
     }
 
     #[test]
     fn manifests_that_cannot_be_stored() {
-        let twice = Manifest { entries: vec![entry("a", "x"), entry("b", "x"), entry("a", "y")] };
+        let x = JobStatus::Failed;
+        let twice = Manifest { entries: vec![entry("a", x), entry("b", x), entry("a", JobStatus::Cancelled)] };
         assert!(twice.check().unwrap_err().contains("twice"));
-        assert!(Manifest { entries: vec![entry("", "x")] }.check().is_err());
-        assert!(Manifest { entries: vec![entry(&"j".repeat(129), "x")] }.check().is_err());
-        let many = Manifest { entries: (0..=MAX_ENTRIES).map(|i| entry(&i.to_string(), "x")).collect() };
+        assert!(Manifest { entries: vec![entry("", x)] }.check().is_err());
+        assert!(Manifest { entries: vec![entry(&"j".repeat(129), x)] }.check().is_err());
+        let many = Manifest { entries: (0..=MAX_ENTRIES).map(|i| entry(&i.to_string(), x)).collect() };
         assert!(many.check().unwrap_err().contains("at most"));
         let parsed: Result<Manifest, _> = serde_json::from_str(r#"{"entries":[{"job_id":"a"}]}"#);
         assert!(parsed.is_err(), "an entry without its fields is refused");
+        let odd = r#"{"entries":[{"job_id":"a","worker":"w","status":"asleep","started_at":1,"finished_at":2}]}"#;
+        assert!(serde_json::from_str::<Manifest>(odd).is_err(), "a status that is none of the three");
     }
 }

@@ -10,7 +10,14 @@
 //! failed part waits a random delay in `[0, min(max_delay, base_delay × 2^(attempt-1))]` ("full
 //! jitter"), and never less than the server's `Retry-After`; a part that fails `max_attempts` times,
 //! or more than `max_retries` retries overall, fails the transfer; a fatal failure fails it at once.
+//!
+//! An upload's drivers report how each attempt went with [`Scheduler::on_attempt`], which also
+//! decides the remedies particular to parts sent to signed URLs: a URL that expired is renewed and
+//! the part sent again at once, the first time at no cost; when the store's own URLs cannot be
+//! reached but the API can, every part goes through the API from then on; a part sent but not
+//! confirmed is sent again.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::plan::PartSpan;
@@ -55,6 +62,31 @@ pub enum Action {
     Fail(ScheduleError),
 }
 
+/// How an attempt at a part went wrong, as the driver saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The part's signed URL had expired.
+    UrlExpired,
+    /// The store's own URL could not be reached, and the API can be.
+    StoreUnreachable,
+    /// The part went out, but the server could not confirm it has it.
+    Unconfirmed,
+    Failed(Failure),
+}
+
+/// What the driver does about an [`Attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remedy {
+    /// Get the part a fresh URL and send it again at once; no retry is counted.
+    RenewUrl,
+    /// Send this part and every later one through the API from now on, starting at once.
+    ViaApi,
+    /// Send it again after `delay`, with a fresh URL when `renew_url`.
+    RetryAfter { delay: Duration, renew_url: bool },
+    /// The part cannot be sent: the transfer fails once the parts in flight settle.
+    GiveUp,
+}
+
 /// How an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -95,6 +127,10 @@ pub struct Scheduler {
     done_bytes: u64,
     failed: Option<ScheduleError>,
     rng: u64,
+    /// Parts whose URL was renewed once at no cost.
+    renewed: BTreeSet<u32>,
+    /// Parts go through the API rather than to the store's URLs.
+    via_api: bool,
 }
 
 impl Scheduler {
@@ -123,6 +159,8 @@ impl Scheduler {
             done_bytes,
             failed: None,
             rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+            renewed: BTreeSet::new(),
+            via_api: false,
         };
         s.advance_prefix();
         s
@@ -217,6 +255,36 @@ impl Scheduler {
         };
         self.slots[i] = Slot::Pending { attempts, not_before: Some(now + delay) };
         if self.failed.is_some() { None } else { Some(delay) }
+    }
+
+    /// How an attempt at a part in flight went wrong, and what to do about it.
+    pub fn on_attempt(&mut self, part_number: u32, now: Instant, attempt: Attempt) -> Remedy {
+        let failure = match attempt {
+            Attempt::UrlExpired if self.renewed.insert(part_number) => {
+                self.on_retry_now(part_number);
+                return Remedy::RenewUrl;
+            }
+            Attempt::StoreUnreachable if !self.via_api => {
+                self.via_api = true;
+                self.on_retry_now(part_number);
+                return Remedy::ViaApi;
+            }
+            // Clocks disagree, or the URL aged in a queue: a fresh one will do, but this time
+            // it costs a retry. A part sent but not confirmed is sent again.
+            Attempt::UrlExpired | Attempt::StoreUnreachable | Attempt::Unconfirmed => {
+                Failure::Retryable { retry_after: None }
+            }
+            Attempt::Failed(f) => f,
+        };
+        match self.on_failure(part_number, now, failure) {
+            Some(delay) => Remedy::RetryAfter { delay, renew_url: attempt == Attempt::UrlExpired },
+            None => Remedy::GiveUp,
+        }
+    }
+
+    /// Whether parts go through the API (see [`Remedy::ViaApi`]).
+    pub fn via_api(&self) -> bool {
+        self.via_api
     }
 
     /// The attempt did not happen through no fault of the part (e.g. its URL had expired and has
@@ -506,5 +574,46 @@ mod tests {
 
     fn next_is(p: u32, seed: u64) -> bool {
         (u64::from(p) * 31 + seed) % 5 == 0
+    }
+
+    #[test]
+    fn an_expired_url_is_renewed_once_for_free_then_costs_a_retry() {
+        let t = Instant::now();
+        let mut s = Scheduler::new(spans(2, 65536), |_| false, 2, P, 5);
+        assert_eq!(started(s.poll(t)), 1);
+        assert_eq!(s.on_attempt(1, t, Attempt::UrlExpired), Remedy::RenewUrl);
+        assert_eq!(s.retries(), 0);
+        assert_eq!(s.poll(t), Action::Start { span: spans(2, 65536)[0], attempt: 1 }, "again at once, same attempt");
+        match s.on_attempt(1, t, Attempt::UrlExpired) {
+            Remedy::RetryAfter { renew_url: true, delay } => assert!(delay <= P.base_delay),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.retries(), 1);
+        // Another part's first expiry is free too.
+        assert_eq!(started(s.poll(t)), 2);
+        assert_eq!(s.on_attempt(2, t, Attempt::UrlExpired), Remedy::RenewUrl);
+    }
+
+    #[test]
+    fn an_unreachable_store_moves_every_part_to_the_api_once() {
+        let t = Instant::now();
+        let mut s = Scheduler::new(spans(3, 65536), |_| false, 3, P, 5);
+        let (a, b) = (started(s.poll(t)), started(s.poll(t)));
+        assert!(!s.via_api());
+        assert_eq!(s.on_attempt(a, t, Attempt::StoreUnreachable), Remedy::ViaApi);
+        assert!(s.via_api());
+        // A part already on its way to the store that fails the same way is simply retried.
+        assert!(matches!(s.on_attempt(b, t, Attempt::StoreUnreachable), Remedy::RetryAfter { renew_url: false, .. }));
+        assert_eq!(s.retries(), 1);
+    }
+
+    #[test]
+    fn unconfirmed_parts_are_sent_again_and_fatal_ones_give_up() {
+        let t = Instant::now();
+        let mut s = Scheduler::new(spans(2, 65536), |_| false, 2, P, 5);
+        let (a, b) = (started(s.poll(t)), started(s.poll(t)));
+        assert!(matches!(s.on_attempt(a, t, Attempt::Unconfirmed), Remedy::RetryAfter { .. }));
+        assert_eq!(s.on_attempt(b, t, Attempt::Failed(Failure::Fatal)), Remedy::GiveUp);
+        assert!(matches!(s.poll(t + Duration::from_secs(60)), Action::Fail(ScheduleError::Fatal(2))));
     }
 }

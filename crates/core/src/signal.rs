@@ -7,8 +7,11 @@
 //! go to one peer of the same room, which receives them with `from` set. A peer that leaves or
 //! vanishes is announced with `peer_left`. A peer never reaches another room.
 //!
-//! [`Rooms`] is the routing as a state machine: the server's socket tasks feed it events and
-//! deliver what it returns, so every rule here is tested without a socket.
+//! [`Admission`] decides who may join (names, tokens, the reserved id), on the instance the peer
+//! is connected to. [`Rooms`] is the room directory and its routing as a state machine: who is in
+//! which room and where each message goes, with deliveries returned rather than sent, so every
+//! rule is tested without a socket. The in-process bus drives it; the Redis bus keeps the same
+//! rules in its scripts, and both pass one conformance suite.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -93,7 +96,6 @@ pub type Conn = u64;
 pub struct Admission {
     pub server_tokens: Vec<String>,
     pub room_tokens: BTreeMap<String, Vec<String>>,
-    pub max_peers_per_room: usize,
 }
 
 impl Admission {
@@ -104,6 +106,26 @@ impl Admission {
         let server = self.server_tokens.iter().fold(false, |acc, t| eq(t) | acc);
         let own = self.room_tokens.get(room).is_some_and(|ts| ts.iter().fold(false, |acc, t| eq(t) | acc));
         server | own
+    }
+
+    /// Whether a peer may join `room` as `peer_id` (or a generated id) with `token`: the error to
+    /// answer if not. Whether the id is free and the room has room is the directory's to say.
+    pub fn check(&self, room: &str, peer_id: Option<&str>, token: Option<&str>) -> Result<(), Outbound> {
+        if !valid_room(room) {
+            return Err(Outbound::error("invalid_room", "room names are 1 to 128 letters, digits, '.', '_', '-'"));
+        }
+        if !self.admits(room, token) {
+            return Err(Outbound::error("unauthorized", "this room needs a valid token"));
+        }
+        match peer_id {
+            Some(id) if !valid_peer_id(id) => {
+                Err(Outbound::error("invalid_peer_id", "peer ids are 1 to 64 letters, digits, '_', '-'"))
+            }
+            Some(id) if id == SERVER_PEER => {
+                Err(Outbound::error("peer_id_taken", format!("{id} is the server's own peer id")))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -117,86 +139,78 @@ struct Member {
     peer_id: String,
 }
 
-/// Every room and its peers.
+/// Every room and its peers, as one directory.
 #[derive(Debug, Default)]
 pub struct Rooms {
-    admission: Admission,
+    max_peers_per_room: usize,
     rooms: HashMap<String, BTreeMap<String, (Conn, Role)>>,
     members: HashMap<Conn, Member>,
-    next_id: u64,
 }
 
 /// A message for one connection.
 pub type Delivery = (Conn, Outbound);
 
-impl Rooms {
-    pub fn new(admission: Admission) -> Rooms {
-        Rooms { admission, ..Rooms::default() }
-    }
+/// Why the directory refused a join or a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("leave the room before joining another")]
+    AlreadyJoined,
+    #[error("{0} is already in the room")]
+    Taken(String),
+    #[error("the room has as many peers as it may")]
+    Full,
+    #[error("join a room first")]
+    NotJoined,
+    #[error("no peer {0:?} in this room")]
+    NotFound(String),
+    #[error("a peer cannot send to itself")]
+    ToSelf,
+}
 
-    /// Handles one message from `conn`; returns what to send, and to whom.
-    pub fn handle(&mut self, conn: Conn, msg: Inbound) -> Vec<Delivery> {
-        match msg {
-            Inbound::Join { room, role, peer_id, token } => self.join(conn, room, role, peer_id, token.as_deref()),
-            Inbound::Leave => self.leave(conn),
-            Inbound::Signal { to, data } => self.relay(conn, &to, |from| Outbound::Signal { from, data }),
-            Inbound::PeerMessage { to, payload } => {
-                self.relay(conn, &to, |from| Outbound::PeerMessage { from, payload })
-            }
-        }
-    }
-
-    fn join(
-        &mut self,
-        conn: Conn,
-        room: String,
-        role: Role,
-        peer_id: Option<String>,
-        token: Option<&str>,
-    ) -> Vec<Delivery> {
-        if self.members.contains_key(&conn) {
-            return vec![(conn, Outbound::error("already_joined", "leave the room before joining another"))];
-        }
-        if !valid_room(&room) {
-            return vec![(
-                conn,
-                Outbound::error("invalid_room", "room names are 1 to 128 letters, digits, '.', '_', '-'"),
-            )];
-        }
-        if !self.admission.admits(&room, token) {
-            return vec![(conn, Outbound::error("unauthorized", "this room needs a valid token"))];
-        }
-        let peers = self.rooms.entry(room.clone()).or_default();
-        if self.admission.max_peers_per_room > 0 && peers.len() >= self.admission.max_peers_per_room {
-            return vec![(conn, Outbound::error("room_full", "the room has as many peers as it may"))];
-        }
-        let peer_id = match peer_id {
-            Some(id) if !valid_peer_id(&id) => {
-                return vec![(
-                    conn,
-                    Outbound::error("invalid_peer_id", "peer ids are 1 to 64 letters, digits, '_', '-'"),
-                )];
-            }
-            Some(id) if id == SERVER_PEER => {
-                return vec![(conn, Outbound::error("peer_id_taken", format!("{id} is the server's own peer id")))];
-            }
-            Some(id) if peers.contains_key(&id) => {
-                return vec![(conn, Outbound::error("peer_id_taken", format!("{id} is already in the room")))];
-            }
-            Some(id) => id,
-            None => {
-                self.next_id += 1;
-                format!("p{}-{}", self.next_id, conn)
-            }
+impl Refusal {
+    /// The error the peer is sent.
+    pub fn outbound(&self) -> Outbound {
+        let code = match self {
+            Refusal::AlreadyJoined => "already_joined",
+            Refusal::Taken(_) => "peer_id_taken",
+            Refusal::Full => "room_full",
+            Refusal::NotJoined => "not_joined",
+            Refusal::NotFound(_) | Refusal::ToSelf => "peer_not_found",
         };
+        Outbound::error(code, self.to_string())
+    }
+}
+
+impl Rooms {
+    /// Rooms of at most `max_peers_per_room` peers (0: no limit).
+    pub fn new(max_peers_per_room: usize) -> Rooms {
+        Rooms { max_peers_per_room, ..Rooms::default() }
+    }
+
+    /// `conn` joins `room` as `peer_id` (admitted already): it gets `joined` with the peers there
+    /// before them, and they get `peer_joined`. An id taken or a full room is refused.
+    pub fn join(&mut self, conn: Conn, room: &str, role: Role, peer_id: &str) -> Result<Vec<Delivery>, Refusal> {
+        if self.members.contains_key(&conn) {
+            return Err(Refusal::AlreadyJoined);
+        }
+        let peers = self.rooms.entry(room.to_owned()).or_default();
+        if peers.contains_key(peer_id) {
+            return Err(Refusal::Taken(peer_id.to_owned()));
+        }
+        if self.max_peers_per_room > 0 && peers.len() >= self.max_peers_per_room {
+            if peers.is_empty() {
+                self.rooms.remove(room);
+            }
+            return Err(Refusal::Full);
+        }
         let others: Vec<PeerInfo> =
             peers.iter().map(|(id, (_, role))| PeerInfo { peer_id: id.clone(), role: *role }).collect();
-        let mut out: Vec<Delivery> =
-            peers.values().map(|(c, _)| (*c, Outbound::PeerJoined { peer_id: peer_id.clone(), role })).collect();
-        peers.insert(peer_id.clone(), (conn, role));
-        self.members.insert(conn, Member { room: room.clone(), peer_id: peer_id.clone() });
-        out.insert(0, (conn, Outbound::Joined { room, peer_id, peers: others }));
-        out
+        let mut out =
+            vec![(conn, Outbound::Joined { room: room.to_owned(), peer_id: peer_id.to_owned(), peers: others })];
+        out.extend(peers.values().map(|(c, _)| (*c, Outbound::PeerJoined { peer_id: peer_id.to_owned(), role })));
+        peers.insert(peer_id.to_owned(), (conn, role));
+        self.members.insert(conn, Member { room: room.to_owned(), peer_id: peer_id.to_owned() });
+        Ok(out)
     }
 
     /// `conn` left, or its connection went away: the others in its room are told.
@@ -211,14 +225,13 @@ impl Rooms {
         out
     }
 
-    fn relay(&mut self, conn: Conn, to: &str, make: impl FnOnce(String) -> Outbound) -> Vec<Delivery> {
-        let Some(m) = self.members.get(&conn) else {
-            return vec![(conn, Outbound::error("not_joined", "join a room first"))];
-        };
+    /// A message from `conn` to peer `to` of its room, made by `make` from the sender's id.
+    pub fn relay(&self, conn: Conn, to: &str, make: impl FnOnce(String) -> Outbound) -> Result<Delivery, Refusal> {
+        let m = self.members.get(&conn).ok_or(Refusal::NotJoined)?;
         match self.rooms.get(&m.room).and_then(|peers| peers.get(to)) {
-            Some((target, _)) if *target != conn => vec![(*target, make(m.peer_id.clone()))],
-            Some(_) => vec![(conn, Outbound::error("peer_not_found", "a peer cannot send to itself"))],
-            None => vec![(conn, Outbound::error("peer_not_found", format!("no peer {to:?} in this room")))],
+            Some((target, _)) if *target != conn => Ok((*target, make(m.peer_id.clone()))),
+            Some(_) => Err(Refusal::ToSelf),
+            None => Err(Refusal::NotFound(to.to_owned())),
         }
     }
 
@@ -238,12 +251,51 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn rooms() -> Rooms {
-        Rooms::new(Admission {
+    /// Admission, then the directory: what a server instance does with each message.
+    struct Server {
+        admission: Admission,
+        rooms: Rooms,
+        next: u64,
+    }
+
+    impl Server {
+        fn handle(&mut self, conn: Conn, msg: Inbound) -> Vec<Delivery> {
+            match msg {
+                Inbound::Join { room, role, peer_id, token } => {
+                    if let Err(e) = self.admission.check(&room, peer_id.as_deref(), token.as_deref()) {
+                        return vec![(conn, e)];
+                    }
+                    self.next += 1;
+                    let id = peer_id.unwrap_or_else(|| format!("p{}", self.next));
+                    self.rooms.join(conn, &room, role, &id)
+                }
+                Inbound::Leave => Ok(self.rooms.leave(conn)),
+                Inbound::Signal { to, data } => {
+                    self.rooms.relay(conn, &to, |from| Outbound::Signal { from, data }).map(|d| vec![d])
+                }
+                Inbound::PeerMessage { to, payload } => {
+                    self.rooms.relay(conn, &to, |from| Outbound::PeerMessage { from, payload }).map(|d| vec![d])
+                }
+            }
+            .unwrap_or_else(|r| vec![(conn, r.outbound())])
+        }
+        fn leave(&mut self, conn: Conn) -> Vec<Delivery> {
+            self.rooms.leave(conn)
+        }
+        fn member(&self, conn: Conn) -> Option<(&str, &str)> {
+            self.rooms.member(conn)
+        }
+        fn peers(&self, room: &str) -> Vec<String> {
+            self.rooms.peers(room)
+        }
+    }
+
+    fn rooms() -> Server {
+        let admission = Admission {
             server_tokens: vec!["server".into()],
             room_tokens: BTreeMap::from([("lab".to_owned(), vec!["lab-token".to_owned()])]),
-            max_peers_per_room: 3,
-        })
+        };
+        Server { admission, rooms: Rooms::new(3), next: 0 }
     }
 
     fn join(room: &str, id: Option<&str>, token: &str) -> Inbound {

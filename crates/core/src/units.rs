@@ -1,4 +1,4 @@
-//! Byte sizes as people type them: `1048576`, `8MiB`, `1.5GiB`, `64k`.
+//! Byte sizes as people type them (`1048576`, `8MiB`, `1.5GiB`, `64k`) and read them (`12.3 MiB`).
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a size; use bytes or a KiB/MiB/GiB/TiB suffix, e.g. 8MiB")]
@@ -32,9 +32,30 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     Ok(bytes as u64)
 }
 
+/// `12.3 MiB`-style sizes for people.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 40), "5.0 TiB");
+        assert_eq!(human(u64::MAX), "16777216.0 TiB");
+    }
 
     #[test]
     fn sizes() {

@@ -1,14 +1,76 @@
-//! Jobs run by workers in a room (seed 001): what a client asks, what a worker answers, and what
-//! travels while the job runs.
+//! Jobs run by workers in a room (seed 001): what a client asks, what a worker answers, what
+//! travels while the job runs, and the two state machines that decide it all.
 //!
 //! A client sends a `job_request` to a worker as a signaling `peer_message`. The worker answers
-//! with `job_accepted` (naming the peer id the job listens on), `busy` or `job_rejected`. The
-//! client then connects to that peer id over WebRTC and the two talk on the JSON `messages` data
-//! channel: the worker sends `progress` (each JSON line the command prints), `log` (its other
-//! lines) and finally `result`; the client may send `pause`, `resume` and `cancel`.
+//! with `job_accepted` (naming the peer id the job listens on), `busy` or `job_rejected`; the
+//! client's [`Placement`] asks worker after worker until one takes the job. The client then
+//! connects to that peer id over WebRTC and the two talk on the JSON `messages` data channel: the
+//! worker sends `state` changes, `progress` (each JSON line the command prints), `log` (its other
+//! lines) and finally `result`; the client may send `pause`, `resume` and `cancel`, which the
+//! worker's [`Run`] turns into signals for the command.
+
+mod placement;
+mod run;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use placement::{Placement, PlacementAction};
+pub use run::{Run, RunAction, Signal};
+
+/// Where a job is, as its worker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Downloading,
+    Running,
+    Paused,
+    Cancelling,
+    Uploading,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Downloading => "downloading",
+            JobState::Running => "running",
+            JobState::Paused => "paused",
+            JobState::Cancelling => "cancelling",
+            JobState::Uploading => "uploading",
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
 
 /// Signaling `peer_message` payloads between a client and a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,10 +113,10 @@ pub enum JobMessage {
         job_id: String,
         line: String,
     },
-    /// The job's state changed (`downloading`, `running`, `paused`, `uploading`).
+    /// The job's state changed.
     State {
         job_id: String,
-        state: String,
+        state: JobState,
     },
     Pause {
         job_id: String,
@@ -68,14 +130,21 @@ pub enum JobMessage {
     Result(JobResult),
 }
 
+/// A file a job produced, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestOutput {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobResult {
     pub job_id: String,
-    /// `succeeded`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: JobStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    pub outputs: Vec<crate::room::ManifestOutput>,
+    pub outputs: Vec<ManifestOutput>,
 }
 
 /// Job ids: 1 to 60 letters, digits, `-` and `_` (they become object key segments and peer ids).
@@ -129,7 +198,7 @@ mod tests {
         assert_eq!(parsed, JobSignal::JobRequest { job_id: "j1".into(), input: "k".into(), args: vec![] });
         let result = JobMessage::Result(JobResult {
             job_id: "j1".into(),
-            status: "succeeded".into(),
+            status: JobStatus::Succeeded,
             message: None,
             outputs: vec![],
         });
@@ -138,6 +207,12 @@ mod tests {
             serde_json::json!({"type": "result", "job_id": "j1", "status": "succeeded", "outputs": []})
         );
         assert!(serde_json::from_str::<JobMessage>(r#"{"type":"shutdown"}"#).is_err());
+        let state = JobMessage::State { job_id: "j1".into(), state: JobState::Cancelling };
+        assert_eq!(
+            serde_json::to_value(&state).unwrap(),
+            serde_json::json!({"type": "state", "job_id": "j1", "state": "cancelling"})
+        );
+        assert!(serde_json::from_str::<JobMessage>(r#"{"type":"state","job_id":"j","state":"asleep"}"#).is_err());
     }
 
     #[test]
