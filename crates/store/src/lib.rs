@@ -4,16 +4,20 @@
 //! storage backend: multipart objects (create, put a part from a stream, list parts, complete,
 //! abort), object reads with ranges, and small *records* with conditional writes (session state,
 //! manifests). [`FsStore`] is the embedded implementation: a directory on local disk, durable
-//! against `kill -9` and power loss (temp file, fsync, rename, fsync the directory). [`S3Store`]
-//! keeps everything in an S3-compatible bucket, so several servers can share it.
+//! against `kill -9` and power loss (temp file, fsync, rename, fsync the directory). The S3
+//! store (`ferry-s3`) keeps everything in a bucket, so several servers can share it; both pass
+//! the same [conformance suite](conformance) (feature `conformance`).
 //!
 //! This crate must not know about HTTP, auth, sessions or clients: it stores what it is given and
 //! checks what it is asked to check (sizes, ETags, SHA-256). Limits and session rules belong to the
 //! server; wire types and planning to `ferry-core`.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod durable;
 mod error;
+pub mod files;
 mod fs;
-mod s3;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -27,7 +31,6 @@ use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
 pub use fs::FsStore;
-pub use s3::{S3Config, S3Credentials, S3Store};
 
 /// A body to store or a range being read. An `Err` item means the producer failed (for an upload,
 /// usually a client that went away mid-body); the store then keeps nothing of it.
@@ -109,6 +112,11 @@ pub trait ObjectReader: Send {
 pub trait Store: Send + Sync + 'static {
     /// What this backend accepts for a multipart object.
     fn limits(&self) -> Limits;
+
+    /// Bytes it can still take, where it can tell (a local disk can, a bucket cannot).
+    async fn free_space(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 
     /// Whether `complete_multipart` reads the parts and checks `expected_sha256` before it
     /// publishes. A store that cannot (S3 cannot read an open multipart upload) records the
@@ -213,7 +221,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Record names are `/`-separated segments of ASCII letters, digits, `-`, `_` and `.`.
-pub(crate) fn check_record_name(name: &str) -> Result<(), StoreError> {
+pub fn check_record_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= 512
         && name.split('/').all(|seg| {

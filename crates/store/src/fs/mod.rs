@@ -12,6 +12,9 @@
 //!   directory whatever it spells, and let `a` and `a/b` both exist. Completing appends the trailer
 //!   to `data` and renames it here: readers see the old object or the new one.
 //! - `records/{name}.json` — small documents such as session records.
+//! - `reserve` — 1 MiB kept aside for records. When the disk is full, a record write (cancelling
+//!   or expiring an upload, whose parts are deleted only once its new state is recorded) uses it
+//!   up; it is put back once deletions have made room.
 //!
 //! Small files are written to `tmp/`, fsync'd, renamed into place, and the directory fsync'd, so
 //! after a crash a file is either absent or complete.
@@ -19,13 +22,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use ferry_core::api::{ObjectInfo, PartInfo, bare_etag, quote_etag};
+use ferry_core::api::{ObjectInfo, PartInfo};
+use ferry_core::etag::{bare_etag, quote_etag};
 use ferry_core::plan::{Limits, PartSpan};
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_util::io::ReaderStream;
 
@@ -34,11 +37,13 @@ use crate::{
     check_record_name,
 };
 
-const MARKER_MAGIC: &[u8; 8] = b"FERRYMK1";
-const MARKER_LEN: usize = 16 + 8 + 8;
-const OBJECT_MAGIC: &[u8; 8] = b"FERRYOB1";
-const COPY_BUF: usize = 1 << 20;
+mod files;
+
+use files::*;
+
 const DATA: &str = "data";
+const RESERVE: &str = "reserve";
+const RESERVE_SIZE: usize = 1 << 20;
 
 type PartLock = Arc<tokio::sync::Mutex<()>>;
 
@@ -74,6 +79,9 @@ impl FsStore {
         if swept > 0 {
             tracing::info!(swept, "removed temp files left by an interrupted write");
         }
+        if let Err(e) = keep_reserve(&root) {
+            tracing::warn!(error = %e, "cannot keep space aside for records");
+        }
         Ok(FsStore { inner: Arc::new(Inner { root, limits, records: Mutex::new(()), part_locks: Mutex::default() }) })
     }
 
@@ -99,6 +107,37 @@ impl FsStore {
         let _ = getrandom::fill(&mut id);
         TempPath { path: self.inner.root.join("tmp").join(hex::encode(id)), keep: false }
     }
+
+    /// Puts the reserve for records back after a deletion (best effort: the disk may still be full).
+    async fn restore_reserve(&self) {
+        let root = self.inner.root.clone();
+        if let Err(e) = blocking(move || Ok(keep_reserve(&root)?)).await {
+            tracing::debug!(error = %e, "the space for records is not kept aside yet");
+        }
+    }
+}
+
+/// Creates the reserve for records if it is missing.
+fn keep_reserve(root: &std::path::Path) -> io::Result<()> {
+    let path = root.join(RESERVE);
+    if path.exists() {
+        return Ok(());
+    }
+    crate::durable::write(&path, &vec![0u8; RESERVE_SIZE])
+}
+
+/// Writes a record's bytes through `tmp` to `path`.
+fn write_record(tmp: &mut TempPath, path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    // A first try that ran out of room may have left its half.
+    let _ = fs::remove_file(&tmp.path);
+    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp.path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    if let Some(parent) = path.parent() {
+        ensure_dir(parent)?;
+    }
+    publish(tmp, path)
 }
 
 impl FsStore {
@@ -162,200 +201,6 @@ impl FsStore {
     }
 }
 
-fn separate_data_name(n: u32) -> String {
-    format!("{n:05}.data")
-}
-
-/// Removes its file on drop unless kept: an abandoned write leaves nothing behind.
-struct TempPath {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Moves a complete, fsync'd temp file into place and makes the rename durable.
-fn publish(tmp: &mut TempPath, dest: &Path) -> io::Result<()> {
-    fs::rename(&tmp.path, dest)?;
-    tmp.keep = true;
-    match dest.parent() {
-        Some(dir) => fsync_dir(dir),
-        None => Ok(()),
-    }
-}
-
-/// Removes `path` with `remove` (already gone is fine) and makes the removal durable.
-fn remove_durably(path: &Path, remove: impl Fn(&Path) -> io::Result<()>) -> io::Result<()> {
-    match remove(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        other => other?,
-    }
-    match path.parent() {
-        Some(parent) => fsync_dir(parent),
-        None => Ok(()),
-    }
-}
-
-/// Creates `dir` (and its parent) if missing, making the new entry durable.
-fn ensure_dir(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::create_dir_all(dir)?;
-    match dir.parent() {
-        Some(parent) => fsync_dir(parent),
-        None => Ok(()),
-    }
-}
-
-fn check_id(id: &str) -> Result<(), StoreError> {
-    let ok =
-        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok { Ok(()) } else { Err(StoreError::InvalidName(id.to_owned())) }
-}
-
-fn part_file_name(n: u32) -> String {
-    format!("{n:05}.part")
-}
-
-fn parse_part_file_name(name: &str) -> Option<u32> {
-    let digits = name.strip_suffix(".part")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-fn version_of(bytes: &[u8]) -> String {
-    hex::encode(&Sha256::digest(bytes)[..16])
-}
-
-/// Lays the separately kept `parts` end to end in a new file at `dest`.
-fn assemble(dir: &Path, parts: &[PartInfo], dest: &Path) -> Result<(), StoreError> {
-    let mut out = OpenOptions::new().write(true).create_new(true).open(dest)?;
-    for part in parts {
-        let mut src = match File::open(dir.join(separate_data_name(part.part_number))) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::MissingPart(part.part_number)),
-            other => other?,
-        };
-        io::copy(&mut src, &mut out)?;
-    }
-    Ok(())
-}
-
-/// Reads a part marker: the part's size and ETag (bare hex).
-fn read_marker(path: &Path) -> Result<Option<(u64, String)>, StoreError> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    if bytes.len() != MARKER_LEN || &bytes[24..] != MARKER_MAGIC {
-        return Err(StoreError::Corrupt(format!("{} is not a part marker", path.display())));
-    }
-    let mut size = [0u8; 8];
-    size.copy_from_slice(&bytes[16..24]);
-    Ok(Some((u64::from_le_bytes(size), hex::encode(&bytes[..16]))))
-}
-
-fn marker_bytes(etag: &[u8], size: u64) -> Vec<u8> {
-    let mut m = Vec::with_capacity(MARKER_LEN);
-    m.extend_from_slice(&etag[..16]);
-    m.extend_from_slice(&size.to_le_bytes());
-    m.extend_from_slice(MARKER_MAGIC);
-    m
-}
-
-/// The object trailer's JSON: the description, and which upload made it (so a repeated complete
-/// of that upload can find its own result).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StoredMeta {
-    #[serde(flatten)]
-    info: ObjectInfo,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    upload_id: Option<String>,
-}
-
-/// Reads an object file's trailer.
-fn read_object_trailer(file: &File, path: &Path) -> Result<ObjectInfo, StoreError> {
-    Ok(read_stored_meta(file, path)?.info)
-}
-
-fn read_stored_meta(file: &File, path: &Path) -> Result<StoredMeta, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("{}: {what}", path.display()));
-    let len = file.metadata()?.len();
-    if len < 12 {
-        return Err(corrupt("shorter than its trailer"));
-    }
-    let mut tail = [0u8; 12];
-    file.read_exact_at(&mut tail, len - 12)?;
-    if &tail[4..] != OBJECT_MAGIC {
-        return Err(corrupt("no object trailer"));
-    }
-    let meta_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    if meta_len + 12 > len {
-        return Err(corrupt("trailer longer than the file"));
-    }
-    let mut meta = vec![0u8; meta_len as usize];
-    file.read_exact_at(&mut meta, len - 12 - meta_len)?;
-    let stored: StoredMeta = serde_json::from_slice(&meta).map_err(|e| corrupt(&e.to_string()))?;
-    if stored.info.size != len - 12 - meta_len {
-        return Err(corrupt("size in trailer does not match the data"));
-    }
-    Ok(stored)
-}
-
-/// Streams `body` into `file` at `offset`, hashing it; exactly `size` bytes or an error. Writes go
-/// out in batches from a blocking thread so the async side never blocks on the disk.
-async fn write_body(file: &Arc<File>, offset: u64, size: u64, mut body: ByteStream) -> Result<[u8; 32], StoreError> {
-    let mut hasher = Sha256::new();
-    let mut received = 0u64;
-    let mut batch = Vec::with_capacity(COPY_BUF.min(size as usize));
-    let mut at = offset;
-    loop {
-        let chunk = body.next().await;
-        let end = chunk.is_none();
-        if let Some(chunk) = chunk {
-            let chunk = chunk.map_err(StoreError::Body)?;
-            received += chunk.len() as u64;
-            if received > size {
-                return Err(StoreError::BodyTooLong { expected: size });
-            }
-            hasher.update(&chunk);
-            batch.extend_from_slice(&chunk);
-        }
-        if batch.len() >= COPY_BUF || (end && !batch.is_empty()) {
-            let data = std::mem::replace(&mut batch, Vec::with_capacity(COPY_BUF.min(size as usize)));
-            let (f, pos) = (Arc::clone(file), at);
-            at += data.len() as u64;
-            blocking(move || Ok(f.write_all_at(&data, pos)?)).await?;
-        }
-        if end {
-            break;
-        }
-    }
-    if received != size {
-        return Err(StoreError::BodyTooShort { expected: size, received });
-    }
-    Ok(hasher.finalize().into())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Io(io::Error::other(e)))?
-}
-
 struct FsObjectReader {
     info: ObjectInfo,
     file: File,
@@ -385,6 +230,15 @@ fn stream_range(mut file: File, start: u64, len: u64) -> ByteStream {
 impl Store for FsStore {
     fn limits(&self) -> Limits {
         self.inner.limits
+    }
+
+    async fn free_space(&self) -> Result<Option<u64>, StoreError> {
+        let root = self.inner.root.clone();
+        blocking(move || {
+            let fs = nix::sys::statvfs::statvfs(&root).map_err(io::Error::from)?;
+            Ok(Some(fs.blocks_available().saturating_mul(fs.fragment_size())))
+        })
+        .await
     }
 
     fn verifies_sha256(&self) -> bool {
@@ -629,7 +483,9 @@ impl Store for FsStore {
                 }
             }
         })
-        .await
+        .await?;
+        self.restore_reserve().await;
+        Ok(())
     }
 
     async fn open_object(&self, key: &str) -> Result<Box<dyn ObjectReader>, StoreError> {
@@ -653,7 +509,9 @@ impl Store for FsStore {
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
         let path = self.object_path(key);
-        blocking(move || Ok(remove_durably(&path, |p| fs::remove_file(p))?)).await
+        blocking(move || Ok(remove_durably(&path, |p| fs::remove_file(p))?)).await?;
+        self.restore_reserve().await;
+        Ok(())
     }
 
     async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -717,14 +575,15 @@ impl Store for FsStore {
             if !allowed {
                 return Err(StoreError::ConditionFailed);
             }
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp.path)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            drop(file);
-            if let Some(parent) = path.parent() {
-                ensure_dir(parent)?;
+            match write_record(&mut tmp, &path, &bytes) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::StorageFull && fs::remove_file(inner.root.join(RESERVE)).is_ok() =>
+                {
+                    tracing::warn!("the disk is full: writing a record in the space kept aside for it");
+                    write_record(&mut tmp, &path, &bytes)?;
+                }
+                other => other?,
             }
-            publish(&mut tmp, &path)?;
             Ok(version_of(&bytes))
         })
         .await
@@ -756,33 +615,4 @@ impl Store for FsStore {
         let path = self.record_path(name)?;
         blocking(move || Ok(remove_durably(&path, |p| fs::remove_file(p))?)).await
     }
-}
-
-/// Copies `len` bytes from `src` at `from` to `dst` at `to`, then makes them durable.
-fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; COPY_BUF.min(len as usize)];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
-        src.read_exact_at(&mut buf[..n], from + done)?;
-        dst.write_all_at(&buf[..n], to + done)?;
-        done += n as u64;
-    }
-    dst.sync_data()
-}
-
-fn hash_range(file: &File, offset: u64, len: u64, hasher: &mut Sha256) -> io::Result<()> {
-    let mut buf = vec![0u8; COPY_BUF.min(len as usize)];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], offset + done)?;
-        hasher.update(&buf[..n]);
-        done += n as u64;
-    }
-    Ok(())
-}
-
-fn now_utc() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
 }
