@@ -203,12 +203,8 @@ async fn run(
             "{key}: the downloaded bytes hash to {sha256}, not the object's {expected}; the partial file was removed"
         )));
     }
-    let (tp, op, dp) = (temp.clone(), out.clone(), dir.clone());
-    blocking(&out, move || {
-        std::fs::rename(&tp, &op)?;
-        File::open(&dp)?.sync_all()
-    })
-    .await?;
+    let (tp, op) = (temp.clone(), out.clone());
+    blocking(&out, move || ferry_store::durable::rename(&tp, &op)).await?;
     journal::remove(&journal_path);
     events.emit(Event::Completed { file: label.clone(), key: key.to_owned(), size, sha256: sha256.clone() });
     Ok(DownloadResult {
@@ -365,7 +361,7 @@ async fn fetch(
     let end = span.offset + span.size - 1;
     let res = api.get_range(key, span.offset, end).await?;
     let got = res.headers().get("etag").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if ferry_core::api::bare_etag(got) != ferry_core::api::bare_etag(etag) {
+    if ferry_core::etag::bare_etag(got) != ferry_core::etag::bare_etag(etag) {
         return Err(ClientError::Integrity(format!("{key} changed on the server during the download; run it again")));
     }
     let mut stream = res.bytes_stream();

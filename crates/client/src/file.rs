@@ -58,25 +58,15 @@ pub(crate) fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>>
 }
 
 /// Feeds `len` bytes at `offset` into `hasher` in bounded chunks.
-pub(crate) fn hash_range(file: &File, offset: u64, len: u64, hasher: &mut Sha256) -> io::Result<()> {
-    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], offset + done)?;
-        hasher.update(&buf[..n]);
-        done += n as u64;
-    }
-    Ok(())
-}
+pub(crate) use ferry_store::files::hash_range;
 
 /// Runs blocking file work off the async threads; errors name `path`.
 pub(crate) async fn blocking<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> Result<T, ClientError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| ClientError::io(path, e)),
-        Err(e) => Err(ClientError::io(path, io::Error::other(e))),
+    match ferry_store::files::blocking(f).await {
+        Ok(r) => Ok(r),
+        Err(e) => Err(ClientError::io(path, e)),
     }
 }

@@ -2,8 +2,8 @@
 //! state directory, replaced atomically (temp file, fsync, rename) so a crash leaves the old or the
 //! new journal, never half of one.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -52,13 +52,7 @@ pub(crate) fn save<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("journal path has no parent"))?;
     fs::create_dir_all(dir)?;
     let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    ferry_store::durable::write(path, &bytes)
 }
 
 pub(crate) fn remove(path: &Path) {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use ferry_core::api::{Complete, CompletePart, CreateUpload, PartInfo, PartUrl, UploadState};
 use ferry_core::plan::{PartPlan, PartSpan};
 use ferry_core::resume::{FileIdentity, JOURNAL_VERSION, ResumeDecision, UploadJournal, decide, reconcile};
-use ferry_core::schedule::{Action, Failure, RetryPolicy, Scheduler};
+use ferry_core::schedule::{Action, Attempt, Remedy, RetryPolicy, Scheduler};
 use futures_util::StreamExt as _;
 use md5::Digest as _;
 use serde::Serialize;
@@ -182,7 +182,7 @@ async fn run(
         retries: engine.sched.retries(),
         bytes_sent: engine.tracker.moved(),
         elapsed_s: started.elapsed().as_secs_f64(),
-        fallback: engine.use_proxy,
+        fallback: engine.sched.via_api(),
     };
     events.emit(Event::Completed {
         file: label.to_owned(),
@@ -306,7 +306,8 @@ enum Stage {
     Confirm,
 }
 
-struct Attempt {
+/// How one attempt at a part ended, as its task reports it.
+struct Sent {
     part_number: u32,
     url: Option<String>,
     stage: Stage,
@@ -328,15 +329,12 @@ struct Engine<'a> {
     hasher: Sha256,
     /// The next part to feed the hasher; parts below it are hashed.
     hash_next: u32,
-    use_proxy: bool,
-    /// Parts whose URL was renewed after an "expired" answer; a second renewal counts as a retry.
-    renewed: std::collections::HashSet<u32>,
     last_error: Option<ClientError>,
     journal_dirty: bool,
     journal_written: Instant,
     resumed_parts: u32,
-    tx: mpsc::UnboundedSender<Attempt>,
-    rx: mpsc::UnboundedReceiver<Attempt>,
+    tx: mpsc::UnboundedSender<Sent>,
+    rx: mpsc::UnboundedReceiver<Sent>,
     tasks: JoinSet<()>,
 }
 
@@ -382,8 +380,6 @@ impl<'a> Engine<'a> {
             tracker,
             hasher: Sha256::new(),
             hash_next: 1,
-            use_proxy: false,
-            renewed: Default::default(),
             last_error: None,
             journal_dirty: false,
             journal_written: Instant::now(),
@@ -469,8 +465,8 @@ impl<'a> Engine<'a> {
         };
         // A store that checks each part's MD5 needs a URL signed with it: the part's task hashes
         // and signs, so neither the digest nor the extra round trip holds up the next part.
-        let md5_signed = !self.use_proxy && self.session.part_checksum.as_deref() == Some("md5");
-        let url = if self.use_proxy || md5_signed { None } else { Some(self.url_for(span.part_number).await?) };
+        let md5_signed = !self.sched.via_api() && self.session.part_checksum.as_deref() == Some("md5");
+        let url = if self.sched.via_api() || md5_signed { None } else { Some(self.url_for(span.part_number).await?) };
         let api = Arc::clone(self.api);
         let tx = self.tx.clone();
         let tracker = Arc::clone(&self.tracker);
@@ -478,7 +474,7 @@ impl<'a> Engine<'a> {
         let retry = self.opts.retry;
         let label = self.label.to_owned();
         let n = span.part_number;
-        tracing::debug!(part = n, attempt, proxy = self.use_proxy, "sending part");
+        tracing::debug!(part = n, attempt, proxy = self.sched.via_api(), "sending part");
         self.tasks.spawn(async move {
             let _permit = permit;
             let bytes = Bytes::from(bytes);
@@ -490,7 +486,7 @@ impl<'a> Engine<'a> {
             let url = match url {
                 Ok(u) => u,
                 Err(e) => {
-                    let _ = tx.send(Attempt { part_number: n, url: None, stage: Stage::Put, result: Err(e) });
+                    let _ = tx.send(Sent { part_number: n, url: None, stage: Stage::Put, result: Err(e) });
                     return;
                 }
             };
@@ -501,7 +497,7 @@ impl<'a> Engine<'a> {
                 Err(e) => (Stage::Put, Err(e)),
             };
             tracker.attempt_ended(counted.load(Ordering::Relaxed), result.as_ref().ok().map(|p| p.size));
-            let _ = tx.send(Attempt { part_number: n, url: url.map(|u| u.url), stage, result });
+            let _ = tx.send(Sent { part_number: n, url: url.map(|u| u.url), stage, result });
         });
         Ok(())
     }
@@ -529,8 +525,8 @@ impl<'a> Engine<'a> {
             .ok_or_else(|| ClientError::Protocol(format!("the server did not sign part {n}")))
     }
 
-    async fn handle(&mut self, msg: Option<Attempt>) -> Result<(), ClientError> {
-        let Some(Attempt { part_number: n, url, stage, result }) = msg else {
+    async fn handle(&mut self, msg: Option<Sent>) -> Result<(), ClientError> {
+        let Some(Sent { part_number: n, url, stage, result }) = msg else {
             return Err(ClientError::Protocol("the part tasks stopped unexpectedly".to_owned()));
         };
         let e = match result {
@@ -548,43 +544,45 @@ impl<'a> Engine<'a> {
             }
             Err(e) => e,
         };
-        let expired = e.code() == Some("url_expired");
-        if expired {
-            // Renew the URL whatever happens; the first renewal of a part costs no retry.
-            self.session.urls.remove(&n);
-            if self.renewed.insert(n) {
-                self.sched.on_retry_now(n);
+        let attempt = match (stage, &e) {
+            (_, e) if e.code() == Some("url_expired") => Attempt::UrlExpired,
+            // The part was sent but the server cannot confirm it.
+            (Stage::Confirm, ClientError::Api { status: 404 | 409, .. }) => Attempt::Unconfirmed,
+            _ if e.is_connect()
+                && !self.sched.via_api()
+                && url.as_deref().is_some_and(|u| origin_of(u) != self.api.origin())
+                && self.api.reachable().await =>
+            {
+                Attempt::StoreUnreachable
+            }
+            _ => Attempt::Failed(e.failure()),
+        };
+        match self.sched.on_attempt(n, Instant::now(), attempt) {
+            Remedy::RenewUrl => {
+                self.session.urls.remove(&n);
                 return Ok(());
             }
-        }
-        if let Some(url) = url.filter(|_| e.is_connect() && !self.use_proxy)
-            && origin_of(&url) != self.api.origin()
-            && self.api.reachable().await
-        {
-            self.use_proxy = true;
-            self.events.emit(Event::Fallback {
-                file: self.label.to_owned(),
-                reason: format!("{} is unreachable ({e}); sending parts through the API", origin_of(&url)),
-            });
-            self.sched.on_retry_now(n);
-            return Ok(());
-        }
-        let failure = match (stage, &e) {
-            // The part was sent but the server cannot confirm it: send it again.
-            (Stage::Confirm, ClientError::Api { status: 404 | 409, .. }) => Failure::Retryable { retry_after: None },
-            // Clocks disagree, or the URL aged in a queue: a fresh one will do.
-            _ if expired => Failure::Retryable { retry_after: None },
-            _ => e.failure(),
-        };
-        match self.sched.on_failure(n, Instant::now(), failure) {
-            Some(delay) => self.events.emit(Event::Retry {
-                file: self.label.to_owned(),
-                part_number: n,
-                attempt: self.sched.retries(),
-                delay_ms: delay.as_millis() as u64,
-                error: e.to_string(),
-            }),
-            None => tracing::debug!(part = n, error = %e, "part failed for good"),
+            Remedy::ViaApi => {
+                let origin = url.as_deref().map(origin_of).unwrap_or_default();
+                self.events.emit(Event::Fallback {
+                    file: self.label.to_owned(),
+                    reason: format!("{origin} is unreachable ({e}); sending parts through the API"),
+                });
+                return Ok(());
+            }
+            Remedy::RetryAfter { delay, renew_url } => {
+                if renew_url {
+                    self.session.urls.remove(&n);
+                }
+                self.events.emit(Event::Retry {
+                    file: self.label.to_owned(),
+                    part_number: n,
+                    attempt: self.sched.retries(),
+                    delay_ms: delay.as_millis() as u64,
+                    error: e.to_string(),
+                });
+            }
+            Remedy::GiveUp => tracing::debug!(part = n, error = %e, "part failed for good"),
         }
         self.last_error = Some(e);
         Ok(())
