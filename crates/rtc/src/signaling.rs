@@ -28,6 +28,18 @@ pub enum SignalingError {
     Protocol(String),
 }
 
+impl SignalingError {
+    /// Whether trying again soon may succeed: the server is away, its bus is, or this peer's id
+    /// is still held by its old connection.
+    fn is_passing(&self) -> bool {
+        match self {
+            SignalingError::Connect { .. } | SignalingError::Closed | SignalingError::Timeout(_) => true,
+            SignalingError::Refused { code, .. } => code == "peer_id_taken" || code == "bus_unavailable",
+            SignalingError::Protocol(_) => false,
+        }
+    }
+}
+
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A joined signaling connection.
@@ -35,7 +47,16 @@ pub struct Signaling {
     socket: Socket,
     peer_id: String,
     peers: Vec<PeerInfo>,
+    /// Where and as what it joined, to join again.
+    server: String,
+    room: String,
+    role: Role,
+    token: String,
 }
+
+/// How long [`Signaling::rejoin`] keeps trying: long enough for the peers of a dead instance to be
+/// reaped (8 s) and for a broker or a server to come back from a restart.
+pub const REJOIN_WAIT: Duration = Duration::from_secs(60);
 
 /// The WebSocket URL of a server's signaling route, from its http(s) URL.
 pub fn signal_url(server: &str) -> String {
@@ -60,7 +81,15 @@ impl Signaling {
         let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
             .await
             .map_err(|e| SignalingError::Connect { url: url.clone(), source: Box::new(e) })?;
-        let mut s = Signaling { socket, peer_id: String::new(), peers: Vec::new() };
+        let mut s = Signaling {
+            socket,
+            peer_id: String::new(),
+            peers: Vec::new(),
+            server: server.to_owned(),
+            room: room.to_owned(),
+            role,
+            token: token.to_owned(),
+        };
         s.send(Inbound::Join {
             room: room.to_owned(),
             role,
@@ -75,6 +104,30 @@ impl Signaling {
                 Ok(s)
             }
             other => Err(SignalingError::Protocol(format!("expected joined, got {other:?}"))),
+        }
+    }
+
+    /// Joins again, through the same URL (a load balancer may pick another instance), as the same
+    /// peer id, after the connection dropped. Retries for up to [`REJOIN_WAIT`] while the server
+    /// cannot be reached, its bus is unavailable, or the id is still held (by this peer's old
+    /// connection on an instance that died, until that instance's peers are reaped).
+    pub async fn rejoin(&mut self) -> Result<(), SignalingError> {
+        let deadline = tokio::time::Instant::now() + REJOIN_WAIT;
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match Signaling::join(&self.server, &self.room, self.role, Some(&self.peer_id), &self.token).await {
+                Ok(s) => {
+                    tracing::info!(peer_id = %self.peer_id, "joined the room again");
+                    *self = s;
+                    return Ok(());
+                }
+                Err(e) if tokio::time::Instant::now() + pause < deadline && e.is_passing() => {
+                    tracing::debug!(error = %e, "joining again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

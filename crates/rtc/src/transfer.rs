@@ -1,37 +1,34 @@
 //! Files over data channels: seed 004's framing on an upload channel (`upload` or
-//! `video_upload`), and the JSON `control` channel (DESIGN.md, "Data-channel file transfer").
+//! `video_upload`) and the JSON `control` channel beside it (DESIGN.md, "Data-channel file
+//! transfer"). The protocol is [`ferry_core::transfer`]'s two state machines; this module drives
+//! them with real channels, the file being sent, and a [`Sink`] that keeps what is received.
 //!
-//! The sender hashes the file, announces it (`upload_start`, with its SHA-256), waits for the
-//! receiver's `resume_state`, sends the chunks the receiver lacks — waiting on the channel's
-//! buffered amount, so memory stays flat — and waits for `complete`. The receiver writes each
-//! chunk at its offset in a temporary file, keeps what it holds in a state file (so a sender that
-//! reconnects sends only what is missing), verifies the SHA-256 and only then hands the file over.
-//! A peer that sends only seed-004 frames, with no control channel, works too: its file is kept
-//! once every chunk is in, and the answer is one JSON text message on the upload channel.
-//!
-//! Any error ends that transfer with an `error` message and leaves nothing behind.
+//! [`send_file`] hashes the file, announces it, sends the chunks the receiver lacks — waiting on
+//! the channel's buffered amount, so memory stays flat — and waits for `complete`. [`receive`]
+//! answers a sender (or a peer with no control channel, which only sends frames), writes each
+//! chunk through its sink, checkpoints what it holds so a sender that comes back sends only the
+//! rest, and has the sink verify and store the file. Any error ends the transfer with an `error`
+//! message to the peer.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Instant, UNIX_EPOCH};
 
-use ferry_core::frames::{
-    Accepted, Control, DEFAULT_CHUNK, Frame, FrameError, HEADER_LEN, KeepaliveBudget, Ranges, Reassembly,
-    ReceiveLimits, chunk_count, decode, header,
-};
-use serde::{Deserialize, Serialize};
+use ferry_core::frames::{DEFAULT_CHUNK, HEADER_LEN, ReceiveLimits, chunk_count, header};
+use ferry_core::transfer::{Announce, Control, Fault, Receiver, ReceiverAction, Sender, SenderAction};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::peer::{ChannelSender, DataChannel, PeerError};
+pub use crate::sink::{FileSink, Sink, Stored, clean_name};
 
 /// Labels that carry file chunks.
 pub const UPLOAD_LABELS: [&str; 2] = ["upload", "video_upload"];
 pub const CONTROL_LABEL: &str = "control";
-const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
-const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-const STATE_EVERY: Duration = Duration::from_secs(1);
+/// The default chunk payload: seed 004's 48 KiB.
+pub const CHUNK: u32 = DEFAULT_CHUNK;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -43,39 +40,45 @@ pub enum TransferError {
     },
     #[error(transparent)]
     Peer(#[from] PeerError),
-    #[error("the peer sent something wrong: {0}")]
-    Frame(#[from] FrameError),
-    #[error("the peer reported an error: {message} ({code})")]
-    Remote { code: String, message: String },
-    #[error("the peer broke the protocol: {0}")]
-    Protocol(String),
-    #[error("the file's SHA-256 is {actual}, not the {expected} announced")]
-    Checksum { expected: String, actual: String },
-    #[error("the connection closed before the transfer finished")]
-    Closed,
+    #[error(transparent)]
+    Fault(#[from] Fault),
 }
 
 impl TransferError {
     /// The `code` of the `error` message this becomes.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
-            TransferError::Frame(e) => e.code(),
-            TransferError::Checksum { .. } => "checksum_mismatch",
-            TransferError::Protocol(_) => "protocol_error",
+            TransferError::Fault(f) => f.code(),
             TransferError::Io { .. } => "storage_error",
-            TransferError::Remote { .. } | TransferError::Peer(_) | TransferError::Closed => "transfer_failed",
+            TransferError::Peer(_) => "transfer_failed",
+        }
+    }
+
+    /// What the receiving state machine makes of a failure to store.
+    fn into_fault(self) -> Fault {
+        match self {
+            TransferError::Fault(f) => f,
+            other => Fault::Storage(other.to_string()),
         }
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Io { path: path.to_owned(), source }
 }
 
-async fn blocking<T: Send + 'static>(
+/// [`ferry_store::files::blocking`], for a transfer's errors.
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, TransferError> + Send + 'static,
 ) -> Result<T, TransferError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| TransferError::Protocol(format!("a worker died: {e}")))?
+    ferry_store::files::blocking(f).await
+}
+
+/// An I/O failure that names no file (a worker thread that died) is the storage's fault.
+impl From<std::io::Error> for TransferError {
+    fn from(e: std::io::Error) -> TransferError {
+        TransferError::Fault(Fault::Storage(e.to_string()))
+    }
 }
 
 /// How a send went.
@@ -134,134 +137,81 @@ pub async fn send_file(
     .await?;
     let chunk_size = chunk_size.max(1);
     let total = u32::try_from(chunk_count(size, chunk_size))
-        .map_err(|_| TransferError::Protocol(format!("{size} bytes need more than 2^32 chunks of {chunk_size}")))?;
-    let transfer_id = transfer_id(name, size, modified_ns);
-    let start = Control::UploadStart {
-        transfer_id: transfer_id.clone(),
+        .map_err(|_| Fault::Protocol(format!("{size} bytes need more than 2^32 chunks of {chunk_size}")))?;
+    let announce = Announce {
+        transfer_id: transfer_id(name, size, modified_ns),
         name: name.to_owned(),
         size,
         chunk_size,
         total_chunks: total,
         sha256: Some(sha256.clone()),
     };
-    send_control(&control.sender(), &start).await?;
-    let held = loop {
-        match recv_control(control).await? {
-            Control::ResumeState { transfer_id: t, ranges } if t == transfer_id => {
-                break Ranges::from_spans(&ranges, total)
-                    .ok_or_else(|| TransferError::Protocol("resume_state names chunks outside the file".into()))?;
-            }
-            Control::Error { code, message, .. } => return Err(TransferError::Remote { code, message }),
-            other => tracing::debug!(?other, "waiting for resume_state"),
-        }
-    };
-    let resumed_chunks = held.len();
-    on_event(SendEvent::Started {
-        transfer_id: transfer_id.clone(),
-        name: name.to_owned(),
-        size,
-        chunks: total,
-        resumed_chunks,
-    });
+    let mut machine = Sender::new(announce.clone(), Instant::now());
     let file = std::sync::Arc::new(file);
-    let tx = upload.sender();
-    let mut last_keepalive = Instant::now();
-    let mut sent_bytes = 0u64;
-    let mut received_chunks = resumed_chunks;
-    let mut last_report = Instant::now();
-    for index in held.missing(total).collect::<Vec<_>>() {
-        let offset = u64::from(index) * u64::from(chunk_size);
-        let len = (size - offset).min(u64::from(chunk_size)) as usize;
-        let f = std::sync::Arc::clone(&file);
-        let owned = path.to_owned();
-        let message = blocking(move || {
-            let mut m = Vec::with_capacity(HEADER_LEN + len);
-            m.extend_from_slice(&header(index, total));
-            m.resize(HEADER_LEN + len, 0);
-            f.read_exact_at(&mut m[HEADER_LEN..], offset).map_err(io(&owned))?;
-            Ok(m)
-        })
-        .await?;
-        tx.send(true, message).await?;
-        sent_bytes += len as u64;
-        // The receiver's progress and errors arrive meanwhile, and the echoes of keepalives;
-        // unread, they would fill the channels' queues.
-        while let Some(m) = control.try_recv() {
-            match serde_json::from_slice::<Control>(&m.data) {
-                Ok(Control::Progress { received_chunks: r, .. }) => received_chunks = r,
-                Ok(Control::Error { code, message, .. }) => return Err(TransferError::Remote { code, message }),
-                _ => {}
-            }
-        }
-        while upload.try_recv().is_some() {}
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            on_event(SendEvent::Progress { sent_bytes, size, received_chunks });
-            last_report = Instant::now();
-        }
-        if last_keepalive.elapsed() >= KEEPALIVE_EVERY {
-            tx.send(true, vec![0]).await?;
-            last_keepalive = Instant::now();
-        }
-    }
+    let (control_tx, upload_tx) = (control.sender(), upload.sender());
     loop {
-        let message = tokio::select! {
-            m = control.recv() => m,
-            m = upload.recv() => match m {
-                // An echoed keepalive.
-                Some(m) if m.binary => continue,
-                other => other,
-            },
-            _ = tokio::time::sleep(KEEPALIVE_EVERY) => {
-                tx.send(true, vec![0]).await?;
-                continue;
-            }
-        };
-        let Some(message) = message else { return Err(TransferError::Closed) };
-        match serde_json::from_slice::<Control>(&message.data) {
-            Ok(Control::Complete { key, size: stored, sha256: theirs, .. }) => {
-                if theirs != sha256 || stored != size {
-                    return Err(TransferError::Checksum { expected: sha256, actual: theirs });
+        while let Some(action) = machine.poll(Instant::now()) {
+            match action {
+                SenderAction::Send(message) => send_control(&control_tx, &message).await?,
+                SenderAction::Chunk { index, offset, len } => {
+                    let (f, owned) = (std::sync::Arc::clone(&file), path.to_owned());
+                    let message = blocking(move || {
+                        let mut m = Vec::with_capacity(HEADER_LEN + len);
+                        m.extend_from_slice(&header(index, total));
+                        m.resize(HEADER_LEN + len, 0);
+                        f.read_exact_at(&mut m[HEADER_LEN..], offset).map_err(io(&owned))?;
+                        Ok(m)
+                    })
+                    .await?;
+                    upload_tx.send(true, message).await?;
+                    // The receiver's progress and errors arrive meanwhile, and the echoes of
+                    // keepalives; unread, they would fill the channels' queues.
+                    while let Some(m) = control.try_recv() {
+                        machine.handle_control(Instant::now(), &m.data);
+                    }
+                    while upload.try_recv().is_some() {}
                 }
-                return Ok(SendReport {
-                    transfer_id,
+                SenderAction::Keepalive => upload_tx.send(true, vec![0]).await?,
+                SenderAction::Started { resumed_chunks } => on_event(SendEvent::Started {
+                    transfer_id: announce.transfer_id.clone(),
                     name: name.to_owned(),
                     size,
-                    sha256,
                     chunks: total,
                     resumed_chunks,
-                    stored_as: key,
-                });
+                }),
+                SenderAction::Progress { sent_bytes, received_chunks } => {
+                    on_event(SendEvent::Progress { sent_bytes, size, received_chunks })
+                }
+                SenderAction::Done { key } => {
+                    return Ok(SendReport {
+                        transfer_id: announce.transfer_id,
+                        name: name.to_owned(),
+                        size,
+                        sha256,
+                        chunks: total,
+                        resumed_chunks: machine.resumed_chunks(),
+                        stored_as: key,
+                    });
+                }
+                SenderAction::Fail(fault) => return Err(fault.into()),
             }
-            Ok(Control::Error { code, message, .. }) => return Err(TransferError::Remote { code, message }),
-            Ok(Control::Progress { received_chunks: r, .. }) => {
-                on_event(SendEvent::Progress { sent_bytes, size, received_chunks: r });
-            }
-            _ => {}
+        }
+        let wake = machine.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
+        tokio::select! {
+            m = control.recv() => match m {
+                Some(m) => machine.handle_control(Instant::now(), &m.data),
+                None => machine.closed(),
+            },
+            // Echoed keepalives; the channel closing ends the transfer.
+            m = upload.recv() => if m.is_none() { machine.closed() },
+            _ = tokio::time::sleep_until(wake.into()) => {}
         }
     }
 }
 
-async fn send_control(control: &ChannelSender, message: &Control) -> Result<(), TransferError> {
-    let text = serde_json::to_vec(message).map_err(|e| TransferError::Protocol(e.to_string()))?;
-    Ok(control.send(false, text).await?)
-}
-
-async fn recv_control(control: &mut DataChannel) -> Result<Control, TransferError> {
-    let m = control.recv().await.ok_or(TransferError::Closed)?;
-    serde_json::from_slice(&m.data).map_err(|e| TransferError::Protocol(format!("a control message is not JSON: {e}")))
-}
-
-/// Where a receiver keeps a transfer in progress: its bytes and what it holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Progress {
-    transfer_id: String,
-    /// As the sender gave it.
-    given: String,
-    name: String,
-    size: u64,
-    chunk_size: u32,
-    sha256: Option<String>,
-    ranges: Vec<[u32; 2]>,
+async fn send_control(channel: &ChannelSender, message: &Control) -> Result<(), TransferError> {
+    let text = serde_json::to_vec(message).map_err(|e| Fault::Protocol(e.to_string()))?;
+    Ok(channel.send(false, text).await?)
 }
 
 /// What a receiver reports while it runs.
@@ -282,295 +232,133 @@ pub enum ReceiveEvent {
     },
 }
 
-/// A file received and verified, still in its temporary place.
-#[derive(Debug)]
+/// A file received and stored.
+#[derive(Debug, Clone)]
 pub struct Received {
-    pub transfer_id: String,
-    /// The name the sender gave, made safe as a file name (its last segment), or a made-up one
-    /// for a frames-only peer.
-    pub name: String,
-    /// The name exactly as the sender gave it (a store may keep its `/` segments as a key).
-    pub given_name: Option<String>,
-    pub path: PathBuf,
+    /// What the sender announced (`None` for a peer that only sends frames).
+    pub announced: Option<Announce>,
+    /// Where the sink stored it.
+    pub key: String,
     pub size: u64,
     pub sha256: String,
 }
 
-/// Receives one transfer from `upload` (and `control`, when the peer has one), keeping its
-/// in-progress files under `work_dir`. Returns the verified file; the caller moves it where it
-/// belongs and then calls [`answer_complete`].
-pub async fn receive(
+/// A receiver whose file is stored: it echoes keepalives, and answers anything else with an
+/// error, until the peer goes.
+pub struct Lingering {
+    machine: Receiver,
+}
+
+/// Receives one transfer from `upload` (and `control`, when the peer has one) into `sink`, and
+/// tells the peer how it went.
+pub async fn receive<S: Sink>(
     mut control: Option<&mut DataChannel>,
     upload: &mut DataChannel,
-    work_dir: &Path,
+    sink: &mut S,
     limits: ReceiveLimits,
     mut on_event: impl FnMut(ReceiveEvent),
-) -> Result<Received, TransferError> {
-    let wd = work_dir.to_owned();
-    blocking(move || std::fs::create_dir_all(&wd).map_err(io(&wd))).await?;
+) -> Result<(Received, Lingering), TransferError> {
+    let mut machine = Receiver::new(limits, control.is_some(), Instant::now());
+    let reply = control.as_deref().map_or_else(|| upload.sender(), DataChannel::sender);
     let echo = upload.sender();
-    let mut keepalives = KeepaliveBudget::default();
-    // With a control channel, wait for its `upload_start`; frames that come first wait in the
-    // channel's queue.
-    let (mut state, mut progress) = match control.as_deref_mut() {
-        Some(control) => {
-            let (state, progress) = loop {
-                match recv_control(control).await? {
-                    Control::UploadStart { transfer_id, name, size, chunk_size, total_chunks, sha256 } => {
-                        let p = Progress {
-                            transfer_id,
-                            name: clean_name(&name),
-                            given: name,
-                            size,
-                            chunk_size,
-                            sha256,
-                            ranges: Vec::new(),
-                        };
-                        let (r, p) = resume(work_dir, p, limits).await?;
-                        if r.total() != Some(total_chunks) {
-                            return Err(TransferError::Protocol(format!(
-                                "{size} bytes in chunks of {chunk_size} are not {total_chunks} chunks"
-                            )));
+    let mut stored: Option<(String, u64, String)> = None;
+    loop {
+        while let Some(action) = machine.poll() {
+            match action {
+                ReceiverAction::Echo { binary, data } => echo.send(binary, data).await?,
+                ReceiverAction::LookUp(announce) => {
+                    let held = match sink.held(&announce).await {
+                        Ok(h) => h,
+                        Err(e) => {
+                            machine.failed(e.into_fault());
+                            continue;
                         }
-                        break (r, Some(p));
-                    }
-                    other => tracing::debug!(?other, "waiting for upload_start"),
+                    };
+                    on_event(ReceiveEvent::Started {
+                        transfer_id: announce.transfer_id.clone(),
+                        name: announce.name.clone(),
+                        size: announce.size,
+                        chunks: announce.total_chunks,
+                        resumed_chunks: held.len(),
+                    });
+                    machine.held(Instant::now(), held);
                 }
-            };
-            let ranges = state.held().spans();
-            let t = progress.as_ref().map(|p| p.transfer_id.clone()).unwrap_or_default();
-            if let Some(p) = &progress {
-                on_event(ReceiveEvent::Started {
-                    transfer_id: t.clone(),
-                    name: p.name.clone(),
-                    size: p.size,
-                    chunks: state.total().unwrap_or(0),
-                    resumed_chunks: state.held().len(),
-                });
-            }
-            send_control(&control.sender(), &Control::ResumeState { transfer_id: t, ranges }).await?;
-            (state, progress)
-        }
-        None => (Reassembly::new(limits), None),
-    };
-    let transfer_id = progress.as_ref().map_or_else(|| format!("frames-{}", unique()), |p| p.transfer_id.clone());
-    let data_path = work_dir.join(format!("{}.part", stem(&transfer_id)));
-    let state_path = work_dir.join(format!("{}.json", stem(&transfer_id)));
-    let dp = data_path.clone();
-    let file = std::sync::Arc::new(
-        blocking(move || {
-            OpenOptions::new().create(true).truncate(false).write(true).read(true).open(&dp).map_err(io(&dp))
-        })
-        .await?,
-    );
-    let mut last_state = Instant::now();
-    let mut last_progress = Instant::now();
-    let outcome: Result<(), TransferError> = async {
-        while !state.is_complete() {
-            let message = match control.as_deref_mut() {
-                Some(c) => tokio::select! {
-                    m = upload.recv() => m,
-                    m = c.recv() => match m {
-                        Some(m) => match serde_json::from_slice::<Control>(&m.data) {
-                            Ok(Control::Error { code, message, .. }) => return Err(TransferError::Remote { code, message }),
-                            _ => continue,
-                        },
-                        None => return Err(TransferError::Closed),
-                    },
+                ReceiverAction::Send(message) => {
+                    // A peer that has gone cannot hear it; the outcome stands either way.
+                    let _ = send_control(&reply, &message).await;
+                }
+                ReceiverAction::Checkpoint(held) => {
+                    if let Err(e) = sink.checkpoint(&held).await {
+                        machine.failed(e.into_fault());
+                    }
+                }
+                ReceiverAction::Progress { received_chunks, total_chunks } => {
+                    on_event(ReceiveEvent::Progress { received_chunks, chunks: total_chunks })
+                }
+                ReceiverAction::Finish { size, sha256 } => match sink.finish(size, sha256.as_deref()).await {
+                    Ok(Stored { key, sha256 }) => {
+                        stored = Some((key.clone(), size, sha256.clone()));
+                        machine.stored(key, sha256);
+                    }
+                    Err(e) => machine.failed(e.into_fault()),
                 },
-                None => upload.recv().await,
-            };
-            let message = message.ok_or(TransferError::Closed)?;
-            match decode(&message.data, limits.max_message)? {
-                Frame::Keepalive(bytes) => {
-                    keepalives.on_keepalive(Instant::now())?;
-                    echo.send(message.binary, bytes.to_vec()).await?;
+                ReceiverAction::Fail(fault) => {
+                    sink.abandon(fault.keeps_progress(), machine.held_chunks()).await;
+                    return Err(fault.into());
                 }
-                Frame::Chunk { index, total, payload } => {
-                    if let Accepted::Write { offset } = state.accept(index, total, payload.len())? {
-                        let (f, dp, bytes) = (std::sync::Arc::clone(&file), data_path.clone(), payload.to_vec());
-                        blocking(move || f.write_all_at(&bytes, offset).map_err(io(&dp))).await?;
+            }
+        }
+        if let Some((key, size, sha256)) = stored.take().filter(|_| machine.is_done()) {
+            let received = Received { announced: machine.announced().cloned(), key, size, sha256 };
+            return Ok((received, Lingering { machine }));
+        }
+        let reads_upload = machine.reads_upload();
+        tokio::select! {
+            m = async { control.as_deref_mut()?.recv().await }, if control.is_some() => match m {
+                Some(m) => machine.handle_control(Instant::now(), &m.data),
+                None => machine.closed(),
+            },
+            m = upload.recv(), if reads_upload => match m {
+                Some(m) => {
+                    if let Some(at) = machine.handle_upload(Instant::now(), m.binary, &m.data)
+                        && let Err(e) = sink.write(at, &m.data[HEADER_LEN..]).await
+                    {
+                        machine.failed(e.into_fault());
                     }
                 }
-            }
-            if let (Some(p), true) = (progress.as_mut(), last_state.elapsed() >= STATE_EVERY) {
-                save_state(&file, &data_path, &state_path, p, &state).await?;
-                last_state = Instant::now();
-            }
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                let (received_chunks, chunks) = (state.held().len(), state.total().unwrap_or(0));
-                on_event(ReceiveEvent::Progress { received_chunks, chunks });
-                if let Some(c) = control.as_deref_mut() {
-                    let update = Control::Progress { transfer_id: transfer_id.clone(), received_chunks, total_chunks: chunks };
-                    send_control(&c.sender(), &update).await?;
+                None => machine.closed(),
+            },
+        }
+    }
+}
+
+impl Lingering {
+    /// Serves the upload channel until the peer closes it or sends something it should not.
+    pub async fn until_closed(mut self, upload: &mut DataChannel) {
+        let echo = upload.sender();
+        while let Some(m) = upload.recv().await {
+            let _ = self.machine.handle_upload(Instant::now(), m.binary, &m.data);
+            while let Some(action) = self.machine.poll() {
+                match action {
+                    ReceiverAction::Echo { binary, data } => {
+                        let _ = echo.send(binary, data).await;
+                    }
+                    ReceiverAction::Send(message) => {
+                        let _ = send_control(&echo, &message).await;
+                    }
+                    _ => {}
                 }
-                last_progress = Instant::now();
+            }
+            if self.machine.is_failed() {
+                return;
             }
         }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = outcome {
-        // A broken connection keeps what arrived for the sender's next try; anything the peer
-        // got wrong throws the transfer away.
-        match (&e, progress.as_mut()) {
-            (TransferError::Closed | TransferError::Peer(_), Some(p)) => {
-                save_state(&file, &data_path, &state_path, p, &state).await?;
-            }
-            _ => discard(&data_path, &state_path).await,
-        }
-        return Err(e);
-    }
-    let size = state.size().unwrap_or(0);
-    let (f, dp) = (std::sync::Arc::clone(&file), data_path.clone());
-    let sha256 = blocking(move || {
-        f.set_len(size).map_err(io(&dp))?;
-        f.sync_all().map_err(io(&dp))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = 0u64;
-        while at < size {
-            let n = (size - at).min(buf.len() as u64) as usize;
-            f.read_exact_at(&mut buf[..n], at).map_err(io(&dp))?;
-            hasher.update(&buf[..n]);
-            at += n as u64;
-        }
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await?;
-    if let Some(expected) = progress.as_ref().and_then(|p| p.sha256.clone())
-        && !expected.eq_ignore_ascii_case(&sha256)
-    {
-        discard(&data_path, &state_path).await;
-        return Err(TransferError::Checksum { expected, actual: sha256 });
-    }
-    let sp = state_path.clone();
-    let _ = blocking(move || std::fs::remove_file(&sp).map_err(io(&sp))).await;
-    let (name, given_name) = match progress {
-        Some(p) => (p.name, Some(p.given)),
-        None => (format!("upload-{transfer_id}.bin"), None),
-    };
-    Ok(Received { transfer_id, name, given_name, path: data_path, size, sha256 })
-}
-
-/// Tells the sender where the file went: on `control`, or (for a frames-only peer) as one text
-/// message on the upload channel.
-pub async fn answer_complete(
-    control: Option<&DataChannel>,
-    upload: &DataChannel,
-    received: &Received,
-    key: &str,
-) -> Result<(), TransferError> {
-    let complete = Control::Complete {
-        transfer_id: control.is_some().then(|| received.transfer_id.clone()),
-        key: key.to_owned(),
-        size: received.size,
-        sha256: received.sha256.clone(),
-    };
-    let channel = control.map_or_else(|| upload.sender(), DataChannel::sender);
-    send_control(&channel, &complete).await
-}
-
-/// Tells the sender the transfer failed, the same way.
-pub async fn answer_error(control: Option<&DataChannel>, upload: &DataChannel, error: &TransferError) {
-    let message = Control::Error { transfer_id: None, code: error.code().to_owned(), message: error.to_string() };
-    let channel = control.map_or_else(|| upload.sender(), DataChannel::sender);
-    let _ = send_control(&channel, &message).await;
-}
-
-/// The reassembly for an announced transfer, carried on from what an earlier connection stored.
-async fn resume(
-    work_dir: &Path,
-    mut p: Progress,
-    limits: ReceiveLimits,
-) -> Result<(Reassembly, Progress), TransferError> {
-    let state_path = work_dir.join(format!("{}.json", stem(&p.transfer_id)));
-    let sp = state_path.clone();
-    let earlier: Option<Progress> =
-        blocking(move || Ok(std::fs::read(&sp).ok().and_then(|b| serde_json::from_slice(&b).ok()))).await?;
-    let total = u32::try_from(chunk_count(p.size, p.chunk_size)).map_err(|_| FrameError::TransferTooLarge {
-        total: u32::MAX,
-        chunk_size: p.chunk_size,
-        max: limits.max_size,
-    })?;
-    let held = earlier
-        .filter(|e| e.size == p.size && e.chunk_size == p.chunk_size && e.sha256 == p.sha256)
-        .and_then(|e| Ranges::from_spans(&e.ranges, total))
-        .unwrap_or_default();
-    p.ranges = held.spans();
-    Ok((Reassembly::announced(limits, p.size, p.chunk_size, held)?, p))
-}
-
-/// Makes what arrived durable, then records it.
-async fn save_state(
-    file: &std::sync::Arc<File>,
-    data_path: &Path,
-    state_path: &Path,
-    p: &mut Progress,
-    state: &Reassembly,
-) -> Result<(), TransferError> {
-    p.ranges = state.held().spans();
-    let bytes = serde_json::to_vec(p).map_err(|e| TransferError::Protocol(e.to_string()))?;
-    let (f, dp, sp) = (std::sync::Arc::clone(file), data_path.to_owned(), state_path.to_owned());
-    blocking(move || {
-        f.sync_data().map_err(io(&dp))?;
-        let tmp = sp.with_extension("json.tmp");
-        std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
-        File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &sp).map_err(io(&sp))
-    })
-    .await
-}
-
-async fn discard(data_path: &Path, state_path: &Path) {
-    let (dp, sp) = (data_path.to_owned(), state_path.to_owned());
-    let _ = tokio::task::spawn_blocking(move || {
-        let _ = std::fs::remove_file(dp);
-        let _ = std::fs::remove_file(sp);
-    })
-    .await;
-}
-
-/// A sender's file name made safe to use as a file name here: its last path segment, with
-/// control characters and separators replaced.
-pub fn clean_name(name: &str) -> String {
-    let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
-    let cleaned: String = last.chars().map(|c| if c.is_control() || c == ':' { '_' } else { c }).take(200).collect();
-    match cleaned.trim() {
-        "" | "." | ".." => "upload.bin".to_owned(),
-        s => s.to_owned(),
     }
 }
-
-/// The file name a transfer's partial files take: a digest of the id the peer chose, so no id
-/// (`../x`, `/etc/passwd`, 10,000 characters) can name a path outside the work dir, and the same
-/// id finds the same files when its sender comes back.
-fn stem(transfer_id: &str) -> String {
-    hex::encode(&Sha256::digest(transfer_id.as_bytes())[..16])
-}
-
-fn unique() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    hex::encode(b)
-}
-
-/// The default chunk payload: seed 004's 48 KiB.
-pub const CHUNK: u32 = DEFAULT_CHUNK;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_from_senders_are_made_safe() {
-        assert_eq!(clean_name("clip.mp4"), "clip.mp4");
-        assert_eq!(clean_name("../../etc/passwd"), "passwd");
-        assert_eq!(clean_name("C:\\Users\\x\\a.bin"), "a.bin");
-        assert_eq!(clean_name(".."), "upload.bin");
-        assert_eq!(clean_name("a\u{0}b\nc"), "a_b_c");
-        assert_eq!(clean_name(""), "upload.bin");
-    }
 
     #[test]
     fn transfer_ids_follow_the_file() {
