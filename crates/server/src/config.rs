@@ -3,9 +3,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_core::plan::TIB;
-
-use crate::processing::ProcessorSpec;
-use crate::webhooks::WebhookConfig;
+use ferry_service::processing::ProcessorSpec;
+use ferry_service::{ServiceConfig, WebhookConfig};
 
 /// Everything `ferry serve` can be told. [`ServerConfig::new`] gives the embedded defaults.
 #[derive(Debug, Clone)]
@@ -82,6 +81,21 @@ impl ServerConfig {
             signal_max_message: 64 * 1024,
             signal_rate: 100,
             max_room_peers: 64,
+        }
+    }
+
+    /// What the domain needs to know of it.
+    pub fn service(&self) -> ServiceConfig {
+        ServiceConfig {
+            url_ttl: self.url_ttl,
+            session_ttl: self.session_ttl,
+            sweep_interval: self.sweep_interval,
+            processors: self.processors.clone(),
+            processing_concurrency: self.processing_concurrency,
+            processing_timeout: self.processing_timeout,
+            events_idle_timeout: self.events_idle_timeout,
+            webhooks: self.webhooks.clone(),
+            ..ServiceConfig::new(&self.public_url)
         }
     }
 }

@@ -2,9 +2,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_core::api::{ErrorBody, ErrorDetail};
 use ferry_core::key::KeyError;
-use ferry_core::plan::PlanError;
+use ferry_core::plan::{LayoutError, PlanError};
 use ferry_core::range::RangeError;
 use ferry_core::sign::SignError;
+use ferry_service::webhooks::WebhookUrlError;
+use ferry_service::{Invalid, NotFound, Refused, ServiceError};
 use ferry_store::StoreError;
 
 /// An error as the client sees it: a status, a stable snake_case code, and a sentence.
@@ -86,15 +88,76 @@ impl From<StoreError> for ApiError {
     }
 }
 
+fn plan_code(e: &PlanError) -> &'static str {
+    match e {
+        PlanError::ObjectTooLarge { .. } => "object_too_large",
+        PlanError::PartTooSmall { .. } => "part_size_too_small",
+        PlanError::PartTooLarge { .. } => "part_size_too_large",
+        PlanError::TooManyParts { .. } => "too_many_parts",
+    }
+}
+
+/// Every failure of the domain, as a status and a stable code: the one place they are decided.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        let message = e.to_string();
+        let (status, code) = match e {
+            ServiceError::Store(e) => return e.into(),
+            ServiceError::Bug(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ServiceError::NotFound(NotFound::Upload) => (StatusCode::NOT_FOUND, "upload_not_found"),
+            ServiceError::NotFound(NotFound::Part(_)) => (StatusCode::NOT_FOUND, "part_not_found"),
+            ServiceError::Invalid(e) => match e {
+                Invalid::Name(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+                Invalid::Plan(e) => (StatusCode::BAD_REQUEST, plan_code(&e)),
+                Invalid::Sha256 => (StatusCode::BAD_REQUEST, "invalid_sha256"),
+                Invalid::UnknownProcessor { .. } | Invalid::ProcessorNeedsSize => {
+                    (StatusCode::BAD_REQUEST, "unknown_processor")
+                }
+                Invalid::Webhook(WebhookUrlError::Unsupported) => (StatusCode::BAD_REQUEST, "webhooks_unsupported"),
+                Invalid::Webhook(WebhookUrlError::Invalid { .. }) => (StatusCode::BAD_REQUEST, "invalid_webhook_url"),
+                Invalid::MetadataTooLarge => (StatusCode::BAD_REQUEST, "metadata_too_large"),
+                Invalid::MetadataControlCharacter => (StatusCode::BAD_REQUEST, "invalid_metadata"),
+                Invalid::TooManyPartNumbers => (StatusCode::BAD_REQUEST, "too_many_parts"),
+                Invalid::ContentMd5(_) | Invalid::ContentMd5Unsigned(_) => {
+                    (StatusCode::BAD_REQUEST, "invalid_content_md5")
+                }
+                Invalid::PartNumber { .. } => (StatusCode::BAD_REQUEST, "invalid_part_number"),
+                Invalid::PartTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "part_too_large"),
+                Invalid::LengthRequired => (StatusCode::LENGTH_REQUIRED, "length_required"),
+                Invalid::PartSize { .. } => (StatusCode::BAD_REQUEST, "wrong_part_size"),
+                Invalid::MissingParts { .. } | Invalid::Layout(LayoutError::Missing(_) | LayoutError::Empty) => {
+                    (StatusCode::BAD_REQUEST, "missing_parts")
+                }
+                Invalid::Layout(_) => (StatusCode::BAD_REQUEST, "irregular_parts"),
+                Invalid::Etag { .. } => (StatusCode::BAD_REQUEST, "etag_mismatch"),
+                Invalid::PartListedTwice(_) | Invalid::PartsLeftOut { .. } => {
+                    (StatusCode::BAD_REQUEST, "invalid_parts")
+                }
+                Invalid::NoPartProcessor => (StatusCode::BAD_REQUEST, "no_part_processor"),
+                Invalid::Room => (StatusCode::BAD_REQUEST, "invalid_room"),
+                Invalid::Manifest(_) => (StatusCode::BAD_REQUEST, "invalid_manifest"),
+                Invalid::Stream(_) => (StatusCode::BAD_REQUEST, "invalid_stream"),
+            },
+            ServiceError::Refused(e) => match e {
+                Refused::Completed => (StatusCode::CONFLICT, "upload_completed"),
+                Refused::Failed => (StatusCode::CONFLICT, "upload_failed"),
+                Refused::Cancelled => (StatusCode::GONE, "upload_cancelled"),
+                Refused::Expired => (StatusCode::GONE, "upload_expired"),
+                Refused::CompleteInProgress => (StatusCode::CONFLICT, "complete_in_progress"),
+                Refused::PartNotReceived(_) => (StatusCode::CONFLICT, "part_not_received"),
+                Refused::PartMismatch { .. } => (StatusCode::CONFLICT, "part_mismatch"),
+                Refused::Sha256Mismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "sha256_mismatch"),
+                Refused::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
+                Refused::ManifestChanged => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            },
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
 impl From<PlanError> for ApiError {
     fn from(e: PlanError) -> ApiError {
-        let code = match e {
-            PlanError::ObjectTooLarge { .. } => "object_too_large",
-            PlanError::PartTooSmall { .. } => "part_size_too_small",
-            PlanError::PartTooLarge { .. } => "part_size_too_large",
-            PlanError::TooManyParts { .. } => "too_many_parts",
-        };
-        ApiError::bad_request(code, e.to_string())
+        ApiError::bad_request(plan_code(&e), e.to_string())
     }
 }
 

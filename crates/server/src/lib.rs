@@ -1,14 +1,15 @@
 //! # ferry-server
 //!
-//! `ferry serve`: the control-plane API v1 (upload sessions, signed part URLs, status, complete,
-//! cancel, objects) and the embedded data plane that receives part bodies, over any
-//! [`ferry_store::Store`]; each upload's event stream (SSE), the processors run on its parts or
-//! its object, its webhooks; the upload page and the routes Uppy calls.
+//! `ferry serve`: the HTTP shell around [`ferry_service`]. It answers the control-plane API v1
+//! (upload sessions, signed part URLs, status, complete, cancel, objects, events as SSE), the
+//! signed data-plane routes, the routes Uppy calls, signaling rooms over WebSocket, the upload
+//! page, `/healthz` and `/metrics`; and it is a WebRTC peer that takes uploads over data channels.
 //!
-//! Handlers only decode, authorize, call the session domain ([`sessions`]) and encode; the rules of
-//! a session's life live in one place there. This crate must not hold a part body in memory (bodies
-//! stream to the store), must not answer any error without the JSON error body, and must not let a
-//! client name a file path or a command.
+//! Handlers only decode, authorize, call the service and encode; the rules of a session's life
+//! live in the service, and its errors become statuses and codes in one place ([`ApiError`]).
+//! This crate must not hold a part body in memory (bodies stream to the store), must not answer
+//! any error without the JSON error body, and must not let a client name a file path or a
+//! command.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -22,21 +23,18 @@
 mod auth;
 mod config;
 mod error;
-mod events;
 mod extract;
 mod metrics;
-mod pipeline;
-pub mod processing;
 mod routes;
 mod rtc;
-pub mod secrets;
-pub mod sessions;
-pub mod webhooks;
+mod webhook_http;
 
 use std::future::Future;
 use std::sync::Arc;
 
+use ferry_bus::{Bus, BusMetrics, Inbox, LocalBus};
 use ferry_core::sign::Signer;
+use ferry_service::{Service, SystemClock, secrets};
 use ferry_store::{FsStore, Store};
 
 pub use config::ServerConfig;
@@ -46,14 +44,13 @@ pub use error::ApiError;
 pub(crate) struct AppState {
     pub config: ServerConfig,
     pub tokens: Vec<String>,
+    /// Verifies signed URLs (the service signs them with the same secret).
     pub signer: Signer,
-    pub sessions: Arc<sessions::Sessions>,
+    pub service: Arc<Service>,
     pub metrics: metrics::Metrics,
     /// Cancelled when the server starts shutting down, so long-lived responses (event streams) end.
     pub shutdown: tokio_util::sync::CancellationToken,
-    pub signal: routes::signal::Hub,
-    /// Held across a manifest's read and across its conditional write (see `routes::rooms`).
-    pub manifest_lock: tokio::sync::Mutex<()>,
+    pub signal: Arc<routes::signal::Hub>,
 }
 
 /// A server ready to accept connections.
@@ -79,12 +76,18 @@ impl Server {
         } else {
             config.tokens.clone()
         };
-        Ok(Server::assemble(config, store, secret, tokens))
+        Ok(Server::assemble(config, store, secret, tokens, None))
     }
 
     /// A server over a store other servers share (S3): its secret and generated token are kept in
-    /// the store, so any of them can serve any request. Nothing is kept on local disk.
-    pub async fn shared(config: ServerConfig, store: Arc<dyn Store>) -> Result<Server, ferry_store::StoreError> {
+    /// the store, so any of them can serve any request. Nothing is kept on local disk. With a
+    /// `bus` the servers share (Redis), their signaling rooms and event streams are one; without
+    /// one, each keeps its own rooms.
+    pub async fn shared(
+        config: ServerConfig,
+        store: Arc<dyn Store>,
+        bus: Option<(Arc<dyn Bus>, Inbox)>,
+    ) -> Result<Server, ferry_store::StoreError> {
         let secret = secrets::load_or_create_shared(store.as_ref(), "secret", 32).await?;
         let secret = hex::decode(&secret)
             .map_err(|e| ferry_store::StoreError::Corrupt(format!("the shared URL-signing secret: {e}")))?;
@@ -93,24 +96,39 @@ impl Server {
         } else {
             config.tokens.clone()
         };
-        Ok(Server::assemble(config, store, secret, tokens))
+        Ok(Server::assemble(config, store, secret, tokens, bus))
     }
 
-    fn assemble(config: ServerConfig, store: Arc<dyn Store>, secret: Vec<u8>, tokens: Vec<String>) -> Server {
-        let metrics = metrics::Metrics::new();
-        let sessions = Arc::new(sessions::Sessions::new(store, config.clone(), metrics.clone()));
-        let admission = ferry_core::signal::Admission {
-            server_tokens: tokens.clone(),
-            room_tokens: config.room_tokens.clone(),
-            max_peers_per_room: config.max_room_peers,
-        };
+    fn assemble(
+        config: ServerConfig,
+        store: Arc<dyn Store>,
+        secret: Vec<u8>,
+        tokens: Vec<String>,
+        bus: Option<(Arc<dyn Bus>, Inbox)>,
+    ) -> Server {
+        let (bus, inbox) = bus.unwrap_or_else(|| {
+            let (bus, inbox) = LocalBus::new(config.max_room_peers, BusMetrics::default());
+            (Arc::new(bus), inbox)
+        });
+        let metrics = metrics::Metrics::new(bus.metrics());
+        let signer = Signer::new(secret);
+        let service = Arc::new(Service::new(ferry_service::Parts {
+            store,
+            config: config.service(),
+            signer: signer.clone(),
+            clock: Arc::new(SystemClock),
+            webhook_sender: Arc::new(webhook_http::Http),
+            metrics: metrics.service.clone(),
+            bus: Arc::clone(&bus),
+        }));
+        let admission =
+            ferry_core::signal::Admission { server_tokens: tokens.clone(), room_tokens: config.room_tokens.clone() };
         let state = AppState {
-            signal: routes::signal::Hub::new(admission),
-            manifest_lock: tokio::sync::Mutex::new(()),
+            signal: Arc::new(routes::signal::Hub::new(admission, bus, inbox)),
             config,
             tokens,
-            signer: Signer::new(secret),
-            sessions,
+            signer,
+            service,
             metrics,
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
@@ -129,7 +147,8 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let sweeper = tokio::spawn(sessions::sweep_forever(Arc::clone(&self.state)));
+        self.state.signal.start();
+        let background = tokio::spawn(Arc::clone(&self.state.service).run_background());
         let app = routes::router(Arc::clone(&self.state));
         let streams = self.state.shutdown.clone();
         let shutdown = async move {
@@ -137,9 +156,8 @@ impl Server {
             streams.cancel();
         };
         let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-        sweeper.abort();
-        // Runs cut short here are run again after the restart (their outcomes were not recorded).
-        self.state.sessions.runner.kill_all();
+        background.abort();
+        self.state.service.stop_processing();
         result
     }
 }

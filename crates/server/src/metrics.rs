@@ -1,4 +1,5 @@
-//! Prometheus metrics, served at `/metrics` in the text exposition format.
+//! Prometheus metrics, served at `/metrics` in the text exposition format: the service's
+//! counters, the bus's, and each request's latency by route.
 
 use std::sync::Arc;
 
@@ -7,11 +8,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
-    pub state: &'static str,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -24,12 +20,10 @@ pub struct RequestLabels {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
-    /// Every part-body byte read, accepted or not: how a resume's waste is measured.
-    pub bytes_received: Counter,
-    pub parts_received: Counter,
-    /// Sessions entering each state.
-    pub uploads: Family<StateLabel, Counter>,
+    pub service: ferry_service::Metrics,
     pub request_duration: Family<RequestLabels, Histogram>,
+    /// Signaling WebSockets this instance accepted.
+    pub signal_connections: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -37,30 +31,25 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub fn new(bus: &ferry_bus::BusMetrics) -> Metrics {
         let mut registry = Registry::default();
-        let bytes_received = Counter::default();
-        let parts_received = Counter::default();
-        let uploads = Family::<StateLabel, Counter>::default();
+        bus.register(&mut registry);
+        let service = ferry_service::Metrics::default();
+        service.register(&mut registry);
         let request_duration =
             Family::<RequestLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        registry.register(
-            "ferry_bytes_received",
-            "Part-body bytes read by the server, accepted or not",
-            bytes_received.clone(),
-        );
-        registry.register("ferry_parts_received", "Parts stored", parts_received.clone());
-        registry.register("ferry_uploads", "Upload sessions that entered each state", uploads.clone());
         registry.register(
             "ferry_http_request_duration_seconds",
             "HTTP request latency by route",
             request_duration.clone(),
         );
-        Metrics { registry: Arc::new(registry), bytes_received, parts_received, uploads, request_duration }
-    }
-
-    pub fn upload_entered(&self, state: ferry_core::api::UploadState) {
-        self.uploads.get_or_create(&StateLabel { state: state.as_str() }).inc();
+        let signal_connections = Counter::default();
+        registry.register(
+            "ferry_signal_connections",
+            "Signaling WebSockets this instance accepted",
+            signal_connections.clone(),
+        );
+        Metrics { registry: Arc::new(registry), service, request_duration, signal_connections }
     }
 
     pub fn render(&self) -> String {

@@ -1,5 +1,5 @@
-//! The HTTP surface: one module per route family. Handlers decode, authorize, call the session
-//! domain and encode — nothing else.
+//! The HTTP surface: one module per route family. Handlers decode, authorize, call the service
+//! and encode — nothing else.
 
 mod cors;
 mod events;
@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::RequestLabels;
 use ferry_store::ByteStream;
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -88,7 +88,7 @@ async fn track(State(state): State<Arc<AppState>>, matched: Option<MatchedPath>,
 
 /// A part body as a store stream: every byte read is counted (accepted or not), and a sender that
 /// goes quiet for `idle` is cut off rather than holding its slot forever.
-pub(crate) fn part_body(body: Body, metrics: Metrics, idle: Duration) -> ByteStream {
+pub(crate) fn part_body(body: Body, metrics: ferry_service::Metrics, idle: Duration) -> ByteStream {
     let stream = body.into_data_stream();
     Box::pin(futures_util::stream::unfold((stream, false), move |(mut s, failed)| {
         let metrics = metrics.clone();
@@ -109,19 +109,6 @@ pub(crate) fn part_body(body: Body, metrics: Metrics, idle: Duration) -> ByteStr
             }
         }
     }))
-}
-
-/// `len` bytes of `file` from `offset`, as a store body.
-pub(crate) fn file_range(file: std::fs::File, offset: u64, len: u64) -> ByteStream {
-    use std::io::{Seek, SeekFrom};
-    let mut file = file;
-    match file.seek(SeekFrom::Start(offset)) {
-        Ok(_) => {
-            let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
-            Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024))
-        }
-        Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
-    }
 }
 
 /// The answer to a part PUT: its ETag as a header and the part as JSON.

@@ -9,21 +9,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
-use ferry_core::api::SignedUrl;
 use ferry_core::key::normalize_key;
 use ferry_core::range::parse_range;
 use ferry_core::sign::Scope;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::json;
 use super::parts::SignatureQuery;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
-
-/// Percent-encodes everything but unreserved characters and `/`, which separates key segments.
-pub(super) const KEY_SEGMENT: &AsciiSet =
-    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
 
 pub(super) fn api_routes() -> Router<Arc<AppState>> {
     Router::new().route("/objects/{*key}", get(get_object).post(sign_object))
@@ -39,7 +33,6 @@ async fn get_object(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = normalize_key(&key)?;
     serve_object(&st, &key, method == Method::HEAD, &headers).await
 }
 
@@ -59,18 +52,7 @@ async fn sign_object(State(st): State<Arc<AppState>>, Path(path): Path<String>) 
     let Some(key) = path.strip_suffix("/sign") else {
         return Err(ApiError::not_found("not_found", "POST /v1/objects/{key}/sign is the only POST on objects"));
     };
-    let key = normalize_key(key)?;
-    st.sessions.store().head_object(&key).await?;
-    let now = crate::sessions::now();
-    let expires_at = now + st.config.url_ttl;
-    let expires = u64::try_from(expires_at.unix_timestamp()).unwrap_or(0);
-    let sig = st.signer.sign("GET", Scope::Object { key: &key }, expires);
-    let url = format!(
-        "{}/o/{}?expires={expires}&signature={sig}",
-        st.config.public_url,
-        utf8_percent_encode(&key, KEY_SEGMENT)
-    );
-    Ok(json(StatusCode::OK, &SignedUrl { url, expires_at: expires_at.replace_nanosecond(0).unwrap_or(expires_at) }))
+    Ok(json(StatusCode::OK, &st.service.sign_object(key).await?))
 }
 
 const HTTP_DATE: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
@@ -78,7 +60,7 @@ const HTTP_DATE: &[time::format_description::BorrowedFormatItem<'static>] = time
 );
 
 async fn serve_object(st: &AppState, key: &str, head: bool, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let reader = st.sessions.store().open_object(key).await?;
+    let reader = st.service.open_object(key).await?;
     let info = reader.info().clone();
     let range = match headers.get(header::RANGE) {
         None => None,

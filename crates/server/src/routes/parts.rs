@@ -31,7 +31,7 @@ pub(super) struct SignatureQuery {
 impl SignatureQuery {
     /// Checks the signature for `method` on `scope` now.
     pub(super) fn verify(&self, st: &AppState, method: &str, scope: Scope<'_>) -> Result<(), ApiError> {
-        let now = u64::try_from(crate::sessions::now().unix_timestamp()).unwrap_or(0);
+        let now = u64::try_from(st.service.now().unix_timestamp()).unwrap_or(0);
         st.signer.verify_query(method, scope, self.expires.as_deref(), self.signature.as_deref(), now)?;
         Ok(())
     }
@@ -48,8 +48,8 @@ async fn put_signed(
         let n = parse_part_number(&n)?;
         q.verify(&st, "PUT", Scope::Part { upload_id: &id, part_number: n })?;
         let len = content_length(&headers)?;
-        let body = part_body(body, st.metrics.clone(), st.config.body_idle_timeout);
-        st.sessions.put_part(&id, n, len, body).await
+        let body = part_body(body, st.metrics.service.clone(), st.config.body_idle_timeout);
+        Ok(st.service.put_part(&id, n, len, body).await?)
     };
     part_put_response(result.await)
 }

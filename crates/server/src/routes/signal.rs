@@ -7,6 +7,10 @@
 //! second; more closes it. A peer whose outgoing queue fills up (it stopped reading) is dropped,
 //! so one slow peer cannot grow the server's memory. A peer that vanishes without a close is found
 //! by the pings the server sends, and the others are told it left.
+//!
+//! Rooms span instances: the room directory and the delivery of messages are the [`Bus`]'s (in
+//! process, or Redis for several instances); this module admits peers and carries their
+//! connections.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,8 +22,9 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
+use ferry_bus::{Bus, Inbox};
 use ferry_core::rate::Window;
-use ferry_core::signal::{Admission, Conn, Delivery, Inbound, Outbound, Rooms, SERVER_PEER};
+use ferry_core::signal::{Admission, Conn, Delivery, Inbound, Outbound, Refusal, SERVER_PEER};
 use ferry_rtc::RemoteCandidates;
 use ferry_rtc::signaling::candidate_in;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -37,9 +42,11 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/signal", get(upgrade))
 }
 
-/// The rooms and the connections' outgoing queues.
+/// This instance's signaling connections, and the bus that joins them to every other instance's.
 pub struct Hub {
-    rooms: Mutex<Rooms>,
+    admission: Admission,
+    pub(crate) bus: Arc<dyn Bus>,
+    inbox: Mutex<Option<Inbox>>,
     queues: Mutex<HashMap<Conn, mpsc::Sender<Outbound>>>,
     next: AtomicU64,
 }
@@ -47,25 +54,75 @@ pub struct Hub {
 /// A connection's offer to the server, and where the candidates it trickles after it go.
 type ServerPeer = Option<RemoteCandidates>;
 
+/// The room and peer id a connection joined as.
+type Joined = Option<(String, String)>;
+
 impl Hub {
-    pub fn new(admission: Admission) -> Hub {
-        Hub { rooms: Mutex::new(Rooms::new(admission)), queues: Mutex::new(HashMap::new()), next: AtomicU64::new(1) }
+    pub fn new(admission: Admission, bus: Arc<dyn Bus>, inbox: Inbox) -> Hub {
+        Hub {
+            admission,
+            bus,
+            inbox: Mutex::new(Some(inbox)),
+            queues: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
     }
 
-    fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues each delivery; a connection whose queue is full is cut off (its reader sees the
-    /// queue closed and leaves).
-    fn deliver(&self, deliveries: Vec<Delivery>) {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        for (conn, msg) in deliveries {
-            let full = queues.get(&conn).is_some_and(|q| q.try_send(msg).is_err());
-            if full {
-                tracing::info!(conn, "dropping a signaling peer that stopped reading");
-                queues.remove(&conn);
+    /// Hands what the bus brings to this instance's connections, until the bus closes.
+    pub fn start(self: &Arc<Self>) {
+        let Some(mut inbox) = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let hub = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(d) = inbox.deliveries.recv().await {
+                let Some(hub) = hub.upgrade() else { return };
+                hub.deliver(d);
             }
+        });
+    }
+
+    /// Queues a delivery; a connection whose queue is full is cut off (its reader sees the queue
+    /// closed and leaves).
+    fn deliver(&self, (conn, msg): Delivery) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let full = queues.get(&conn).is_some_and(|q| q.try_send(msg).is_err());
+        if full {
+            tracing::info!(conn, "dropping a signaling peer that stopped reading");
+            queues.remove(&conn);
+        }
+    }
+
+    /// One message from `conn`, which has `joined` (or not yet).
+    async fn handle(&self, conn: Conn, joined: &mut Joined, msg: Inbound) {
+        let result = match (msg, joined.as_ref()) {
+            (Inbound::Join { .. }, Some(_)) => Err(Refusal::AlreadyJoined.into()),
+            (Inbound::Join { room, role, peer_id, token }, None) => {
+                if let Err(e) = self.admission.check(&room, peer_id.as_deref(), token.as_deref()) {
+                    return self.deliver((conn, e));
+                }
+                // Generated ids end with the instance's name: unique across instances.
+                let id = peer_id.unwrap_or_else(|| format!("p{conn}-{}", self.bus.instance()));
+                let result = self.bus.join(conn, &room, role, &id).await;
+                if result.is_ok() {
+                    *joined = Some((room, id));
+                }
+                result
+            }
+            (Inbound::Leave, _) => match joined.take() {
+                Some((room, id)) => self.bus.leave(conn, &room, &id).await,
+                None => Ok(()),
+            },
+            (Inbound::Signal { .. } | Inbound::PeerMessage { .. }, None) => Err(Refusal::NotJoined.into()),
+            (Inbound::Signal { to, data }, Some((room, id))) => {
+                let m = Outbound::Signal { from: id.clone(), data };
+                self.bus.send(conn, room, id, &to, &m).await
+            }
+            (Inbound::PeerMessage { to, payload }, Some((room, id))) => {
+                let m = Outbound::PeerMessage { from: id.clone(), payload };
+                self.bus.send(conn, room, id, &to, &m).await
+            }
+        };
+        if let Err(e) = result {
+            self.deliver((conn, e.outbound()));
         }
     }
 }
@@ -77,6 +134,7 @@ async fn upgrade(State(st): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Respo
 
 async fn serve(st: Arc<AppState>, socket: WebSocket) {
     let hub = &st.signal;
+    st.metrics.signal_connections.inc();
     let conn = hub.next.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Outbound>(QUEUE);
     hub.queues.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, tx);
@@ -86,6 +144,7 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut pong_due: Option<Instant> = None;
     let mut server_peer: ServerPeer = None;
+    let mut joined: Joined = None;
     let close = loop {
         tokio::select! {
             out = rx.recv() => {
@@ -120,7 +179,7 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
                     Message::Close(_) => break None,
                     Message::Ping(_) => continue,
                     Message::Binary(_) => {
-                        hub.deliver(vec![(conn, Outbound::error("invalid_message", "signaling messages are JSON text"))]);
+                        hub.deliver((conn, Outbound::error("invalid_message", "signaling messages are JSON text")));
                         errors += 1;
                         if errors > MAX_ERRORS { break Some((1008, "too many bad messages")) }
                         continue;
@@ -131,18 +190,15 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
                 }
                 match serde_json::from_str::<Inbound>(&text) {
                     Ok(Inbound::Signal { to, data }) if to == SERVER_PEER => {
-                        let reply = to_server(&st, conn, &mut server_peer, data).await;
-                        hub.deliver(reply.into_iter().map(|m| (conn, m)).collect());
+                        let reply = to_server(&st, joined.is_some(), &mut server_peer, data).await;
+                        if let Some(m) = reply {
+                            hub.deliver((conn, m));
+                        }
                     }
-                    Ok(inbound) => {
-                        // Queued while the rooms are still locked: two peers joining at once each
-                        // get their `joined` before any news of the other.
-                        let mut rooms = hub.rooms();
-                        let deliveries = rooms.handle(conn, inbound);
-                        hub.deliver(deliveries);
-                    }
+                    // Handled in turn: what one connection sends reaches the bus in its order.
+                    Ok(inbound) => hub.handle(conn, &mut joined, inbound).await,
                     Err(e) => {
-                        hub.deliver(vec![(conn, Outbound::error("invalid_message", format!("not a signaling message: {e}")))]);
+                        hub.deliver((conn, Outbound::error("invalid_message", format!("not a signaling message: {e}"))));
                         errors += 1;
                         if errors > MAX_ERRORS { break Some((1008, "too many bad messages")) }
                     }
@@ -151,10 +207,10 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
         }
     };
     hub.queues.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
+    if let Some((room, id)) = joined
+        && let Err(e) = hub.bus.leave(conn, &room, &id).await
     {
-        let mut rooms = hub.rooms();
-        let left = rooms.leave(conn);
-        hub.deliver(left);
+        tracing::debug!(error = %e, "leaving the room waits for the bus");
     }
     if let Some((code, reason)) = close {
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
@@ -164,9 +220,14 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
 
 /// A `signal` for the server itself: an offer is answered (the server becomes a receiving peer,
 /// [`crate::rtc`]); candidates trickled after it are added. Returns what to tell the sender.
-async fn to_server(st: &Arc<AppState>, conn: Conn, peer: &mut ServerPeer, data: serde_json::Value) -> Option<Outbound> {
-    if st.signal.rooms().member(conn).is_none() {
-        return Some(Outbound::error("not_joined", "join a room first"));
+async fn to_server(
+    st: &Arc<AppState>,
+    joined: bool,
+    peer: &mut ServerPeer,
+    data: serde_json::Value,
+) -> Option<Outbound> {
+    if !joined {
+        return Some(Refusal::NotJoined.outbound());
     }
     if let Some(candidate) = candidate_in(&data) {
         let Some(candidates) = peer.as_ref() else {

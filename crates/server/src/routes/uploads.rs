@@ -27,7 +27,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 }
 
 async fn create(State(st): State<Arc<AppState>>, Json(req): Json<CreateUpload>) -> Result<Response, ApiError> {
-    let created = st.sessions.create(&st.signer, req).await?;
+    let created = st.service.create(req).await?;
     Ok(json(StatusCode::CREATED, &created))
 }
 
@@ -43,16 +43,16 @@ async fn list(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Re
             ApiError::bad_request("invalid_state", "state must be uploading, completed, cancelled, expired or failed")
         })?),
     };
-    let uploads = st.sessions.list(filter).await?;
+    let uploads = st.service.list(filter).await?;
     Ok(json(StatusCode::OK, &UploadList { uploads }))
 }
 
 async fn status(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(json(StatusCode::OK, &st.sessions.status(&id).await?))
+    Ok(json(StatusCode::OK, &st.service.status(&id).await?))
 }
 
 async fn cancel(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(json(StatusCode::OK, &st.sessions.cancel(&id).await?))
+    Ok(json(StatusCode::OK, &st.service.cancel(&id).await?))
 }
 
 async fn sign(
@@ -60,7 +60,7 @@ async fn sign(
     Path(id): Path<String>,
     Json(req): Json<SignParts>,
 ) -> Result<Response, ApiError> {
-    let parts = st.sessions.sign(&st.signer, &id, &req.part_numbers, &req.content_md5).await?;
+    let parts = st.service.sign(&id, &req.part_numbers, &req.content_md5).await?;
     Ok(json(StatusCode::OK, &SignedParts { parts }))
 }
 
@@ -89,8 +89,8 @@ async fn put_part(
     let result = async {
         let n = parse_part_number(&n)?;
         let len = content_length(&headers)?;
-        let body = part_body(body, st.metrics.clone(), st.config.body_idle_timeout);
-        st.sessions.put_part(&id, n, len, body).await
+        let body = part_body(body, st.metrics.service.clone(), st.config.body_idle_timeout);
+        Ok(st.service.put_part(&id, n, len, body).await?)
     };
     part_put_response(result.await)
 }
@@ -101,7 +101,7 @@ async fn part_done(
     Json(req): Json<PartDone>,
 ) -> Result<Response, ApiError> {
     let n = parse_part_number(&n)?;
-    let part = st.sessions.part_done(&id, n, &req.etag, req.size).await?;
+    let part = st.service.part_done(&id, n, &req.etag, req.size).await?;
     Ok(json(StatusCode::OK, &part))
 }
 
@@ -110,6 +110,6 @@ async fn complete(
     Path(id): Path<String>,
     OptionalJson(req): OptionalJson<Complete>,
 ) -> Result<Response, ApiError> {
-    let info = st.sessions.complete(&id, req.parts, req.sha256).await?;
+    let info = st.service.complete(&id, req.parts, req.sha256).await?;
     Ok(json(StatusCode::OK, &info))
 }

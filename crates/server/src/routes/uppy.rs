@@ -26,15 +26,13 @@ use ferry_core::api::{CompletePart, CreateUpload, PartUrl, UploadState};
 use ferry_core::sign::Scope;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt as _;
 
 use super::json;
 use super::uploads::parse_part_number;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
-use crate::sessions::Session;
+use ferry_service::Session;
 
 /// Routes that need the bearer token.
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -90,7 +88,7 @@ async fn create(State(st): State<Arc<AppState>>, Json(body): Json<CreateBody>) -
         processor: None,
         webhook_url: None,
     };
-    let session = st.sessions.create_open_ended(req).await?;
+    let session = st.service.create_open_ended(req).await?;
     Ok(json(StatusCode::OK, &json!({ "key": session.key, "uploadId": session.upload_id })))
 }
 
@@ -101,15 +99,15 @@ struct KeyQuery {
 
 /// The session, checked against the `key` Uppy sends along.
 async fn session(st: &AppState, id: &str, key: Option<&str>) -> Result<Session, ApiError> {
-    let (session, _) = st.sessions.load(id).await?;
+    let (session, _) = st.service.load(id).await?;
     if key.is_some_and(|k| k != session.key) {
         return Err(ApiError::bad_request("key_mismatch", format!("upload {id} is not for that key")));
     }
     Ok(session)
 }
 
-fn expires_in(url: &PartUrl) -> i64 {
-    (url.expires_at - crate::sessions::now()).whole_seconds().max(0)
+fn expires_in(st: &AppState, url: &PartUrl) -> i64 {
+    (url.expires_at - st.service.now()).whole_seconds().max(0)
 }
 
 async fn sign_part(
@@ -119,9 +117,9 @@ async fn sign_part(
 ) -> Result<Response, ApiError> {
     let n = parse_part_number(&n)?;
     session(&st, &id, q.key.as_deref()).await?;
-    let signed = st.sessions.sign(&st.signer, &id, &[n], &BTreeMap::new()).await?;
+    let signed = st.service.sign(&id, &[n], &BTreeMap::new()).await?;
     let url = signed.first().ok_or_else(|| ApiError::internal("no URL was signed"))?;
-    Ok(json(StatusCode::OK, &json!({ "url": url.url, "expires": expires_in(url) })))
+    Ok(json(StatusCode::OK, &json!({ "url": url.url, "expires": expires_in(&st, url) })))
 }
 
 #[derive(Deserialize)]
@@ -146,7 +144,7 @@ async fn sign_batch(
     if numbers.is_empty() {
         return Err(ApiError::bad_request("invalid_part_number", "partNumbers names no part"));
     }
-    let signed = st.sessions.sign(&st.signer, &id, &numbers, &BTreeMap::new()).await?;
+    let signed = st.service.sign(&id, &numbers, &BTreeMap::new()).await?;
     let urls: HashMap<String, String> = signed.into_iter().map(|u| (u.part_number.to_string(), u.url)).collect();
     Ok(json(StatusCode::OK, &json!({ "presignedUrls": urls })))
 }
@@ -167,7 +165,7 @@ async fn list_parts(
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, ApiError> {
     session(&st, &id, q.key.as_deref()).await?;
-    let status = st.sessions.status(&id).await?;
+    let status = st.service.status(&id).await?;
     if status.state != UploadState::Uploading {
         // After an abort (or completion) there is nothing to resume: Uppy must start afresh.
         return Err(ApiError::new(StatusCode::NOT_FOUND, "upload_not_open", "the upload is no longer open"));
@@ -204,7 +202,7 @@ async fn complete(
     let parts: Vec<CompletePart> =
         body.parts.into_iter().map(|p| CompletePart { part_number: p.part_number, etag: p.etag }).collect();
     let check = (!parts.is_empty()).then_some(parts);
-    let info = st.sessions.complete(&id, check, None).await?;
+    let info = st.service.complete(&id, check, None).await?;
     let location = object_location(&st, &info.key);
     Ok(json(
         StatusCode::OK,
@@ -213,8 +211,7 @@ async fn complete(
 }
 
 fn object_location(st: &AppState, key: &str) -> String {
-    let encoded = percent_encoding::utf8_percent_encode(key, super::objects::KEY_SEGMENT);
-    format!("{}/v1/objects/{encoded}", st.config.public_url)
+    format!("{}/v1/objects/{}", st.config.public_url, st.service.object_path(key))
 }
 
 async fn abort(
@@ -223,7 +220,7 @@ async fn abort(
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, ApiError> {
     session(&st, &id, q.key.as_deref()).await?;
-    st.sessions.cancel(&id).await?;
+    st.service.cancel(&id).await?;
     Ok(json(StatusCode::OK, &json!({})))
 }
 
@@ -258,7 +255,7 @@ async fn params(
     }
     let filename = filename.ok_or_else(|| ApiError::bad_request("invalid_name", "filename is missing"))?;
     let key = ferry_core::key::normalize_key(&filename)?;
-    let expires = crate::sessions::now() + st.config.url_ttl;
+    let expires = st.service.now() + st.config.url_ttl;
     let expires = u64::try_from(expires.unix_timestamp()).unwrap_or(0);
     let policy = Policy { key: key.clone(), content_type: content_type(ctype.clone()), metadata, expires };
     let policy = serde_json::to_vec(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -277,10 +274,10 @@ async fn params(
     Ok(json(StatusCode::OK, &json!({ "method": "POST", "url": url, "fields": fields, "headers": {} })))
 }
 
-/// The form POST: the signed fields first, then `file`. The file streams to a temporary file
-/// (so its size is known and memory stays flat), then becomes an object through an ordinary
-/// upload session.
+/// The form POST: the signed fields first, then `file`, which becomes an object through an
+/// ordinary upload session as it arrives.
 async fn form_upload(State(st): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    let length = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let result = async {
         let mut form = Multipart::from_request(req, &())
             .await
@@ -295,7 +292,7 @@ async fn form_upload(State(st): State<Arc<AppState>>, req: axum::extract::Reques
             let name = field.name().unwrap_or_default().to_owned();
             if name == "file" {
                 let policy = check_policy(&st, &fields)?;
-                return store_form_file(&st, policy, field).await;
+                return store_form_file(&st, policy, field, length).await;
             }
             if fields.len() >= 64 {
                 return Err(ApiError::bad_request("invalid_form", "too many form fields"));
@@ -323,7 +320,7 @@ async fn form_upload(State(st): State<Arc<AppState>>, req: axum::extract::Reques
 fn check_policy(st: &AppState, fields: &HashMap<String, String>) -> Result<Policy, ApiError> {
     let field = |n: &str| fields.get(n).map(String::as_str);
     let policy = field("policy").unwrap_or_default();
-    let now = u64::try_from(crate::sessions::now().unix_timestamp()).unwrap_or(0);
+    let now = u64::try_from(st.service.now().unix_timestamp()).unwrap_or(0);
     st.signer.verify_query(
         "POST",
         Scope::Policy { policy },
@@ -342,36 +339,53 @@ fn check_policy(st: &AppState, fields: &HashMap<String, String>) -> Result<Polic
     Ok(policy)
 }
 
+/// The file field, written into the store as it arrives (the service's ingest path): no copy
+/// of it is staged anywhere. The request's length bounds its size.
 async fn store_form_file(
     st: &Arc<AppState>,
     policy: Policy,
     mut field: axum::extract::multipart::Field<'_>,
+    request_length: Option<u64>,
 ) -> Result<String, ApiError> {
-    let io = |e: std::io::Error| ApiError::internal(format!("staging the upload: {e}"));
-    let staged = tempfile::NamedTempFile::new().map_err(io)?;
-    let mut file = tokio::fs::File::from_std(staged.reopen().map_err(io)?);
     let max = st.config.max_object_size;
+    let bound = request_length.unwrap_or(max).min(max);
+    let request = CreateUpload {
+        name: policy.key,
+        size: bound,
+        part_size: None,
+        sha256: None,
+        content_type: policy.content_type,
+        metadata: policy.metadata,
+        processor: None,
+        webhook_url: None,
+    };
+    let plan = ferry_service::IngestPlan { request, min_size: 0, align: 1, resume_key: None };
+    let mut ingest = st.service.ingest(plan).await?;
     let mut size = 0u64;
-    let mut hasher = Sha256::new();
-    while let Some(chunk) =
-        field.chunk().await.map_err(|e| ApiError::bad_request("body_incomplete", format!("the file field: {e}")))?
-    {
-        size += chunk.len() as u64;
-        st.metrics.bytes_received.inc_by(chunk.len() as u64);
-        if size > max {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "object_too_large",
-                format!("objects may be at most {max} bytes"),
-            ));
+    let written = async {
+        while let Some(chunk) =
+            field.chunk().await.map_err(|e| ApiError::bad_request("body_incomplete", format!("the file field: {e}")))?
+        {
+            st.metrics.service.bytes_received.inc_by(chunk.len() as u64);
+            if size + chunk.len() as u64 > bound {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "object_too_large",
+                    format!("the file is larger than its request says, or than objects may be ({max} bytes)"),
+                ));
+            }
+            ingest.write(size, &chunk).await?;
+            size += chunk.len() as u64;
         }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(io)?;
+        Ok(())
     }
-    file.flush().await.map_err(io)?;
-    drop(file);
-    let sha256 = hex::encode(hasher.finalize());
-    let meta = ferry_store::ObjectMeta { content_type: policy.content_type, metadata: policy.metadata };
-    let info = st.sessions.store_file(&st.signer, &policy.key, staged.path(), size, &sha256, meta).await?;
-    Ok(info.etag)
+    .await;
+    if let Err(e) = written {
+        // Nothing of an unfinished form is kept: the browser sends it again whole.
+        if let Err(cancel) = ingest.abandon(false).await {
+            tracing::warn!(error = %cancel, "could not cancel an unfinished form upload");
+        }
+        return Err(e);
+    }
+    Ok(ingest.finish(size, None).await?.etag)
 }
