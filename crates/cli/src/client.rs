@@ -27,6 +27,17 @@ impl ServerArgs {
         let token = self.token.as_deref().unwrap_or_default();
         Ok(Arc::new(Api::new(&self.server, token)?))
     }
+
+    /// The server and peers, for the room commands (`net`: how this side's peer connects, for
+    /// the commands that make one).
+    pub fn connection(&self, net: Option<&PeerNetArgs>) -> anyhow::Result<ferry_jobs::Connection> {
+        Ok(ferry_jobs::Connection {
+            server: self.server.clone(),
+            token: self.token()?,
+            api: self.api()?,
+            peer: net.map(PeerNetArgs::config).unwrap_or_default(),
+        })
+    }
 }
 
 /// How this side's WebRTC peer reaches the other: the address it sends from and offers, STUN
@@ -77,14 +88,4 @@ pub fn parse_concurrency(s: &str) -> Result<usize, String> {
     }
 }
 
-/// `12.3 MiB`-style sizes for people.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
+pub use ferry_core::units::human as human_bytes;

@@ -6,7 +6,6 @@ mod client;
 mod get;
 mod hybrid;
 mod keys;
-mod leftovers;
 mod output;
 mod p2p;
 mod progress;

@@ -2,7 +2,7 @@
 //! finding each other through a room of `ferry serve`'s signaling. Resumable: a sender that dies
 //! and runs again sends only what the receiver does not already hold.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,11 +10,11 @@ use clap::Args;
 use ferry_core::frames::ReceiveLimits;
 use ferry_core::signal::Role;
 use ferry_core::signal::SERVER_PEER;
+use ferry_core::transfer::Fault;
 use ferry_rtc::connect::{self, Expect};
 use ferry_rtc::signaling::{Signaling, SignalingError};
 use ferry_rtc::transfer::{
-    CONTROL_LABEL, ReceiveEvent, SendEvent, TransferError, UPLOAD_LABELS, answer_complete, answer_error, receive,
-    send_file,
+    CONTROL_LABEL, FileSink, ReceiveEvent, SendEvent, TransferError, UPLOAD_LABELS, receive, send_file,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -172,19 +172,6 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `dir/name`, or `dir/name (1)`, `(2)`, … if taken.
-fn free_path(dir: &Path, name: &str) -> PathBuf {
-    let first = dir.join(name);
-    if !first.exists() {
-        return first;
-    }
-    let (stem, ext) = match name.rsplit_once('.') {
-        Some((s, e)) if !s.is_empty() => (s.to_owned(), format!(".{e}")),
-        _ => (name.to_owned(), String::new()),
-    };
-    (1..).map(|i| dir.join(format!("{stem} ({i}){ext}"))).find(|p| !p.exists()).unwrap_or(first)
-}
-
 pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
     let p = &args.peer;
     let token = p.server.token()?;
@@ -201,11 +188,10 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
         let (from, offer) = match waited {
             Ok(x) => x,
             Err(SignalingError::Timeout(_)) => continue,
-            // Signaling is not read during a transfer, so the server may have let it go: rejoin
-            // as the same peer.
+            // Signaling is not read during a transfer, so the server may have let it go, or its
+            // instance died: join again as the same peer.
             Err(SignalingError::Closed) => {
-                let id = sig.peer_id().to_owned();
-                sig = Signaling::join(&p.server.server, &p.room, Role::Peer, Some(&id), &token).await?;
+                sig.rejoin().await?;
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -226,7 +212,8 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
         let mut upload = chans.remove(upload_at);
         let mut control = chans.into_iter().find(|c| c.label() == CONTROL_LABEL);
         let progress = bar(&out, 0, &from);
-        let received = receive(control.as_mut(), &mut upload, &work, ReceiveLimits::default(), |e| {
+        let mut sink = FileSink::new(&work, &args.out);
+        let received = receive(control.as_mut(), &mut upload, &mut sink, ReceiveLimits::default(), |e| {
             match &e {
                 ReceiveEvent::Started { name, size, .. } => {
                     progress.set_prefix(name.clone());
@@ -241,11 +228,13 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
         })
         .await;
         progress.finish_and_clear();
+        // Let the answer leave before the connection closes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        peer.close().await;
         let received = match received {
-            Ok(r) => r,
+            Ok((r, _)) => r,
             Err(e) => {
-                answer_error(control.as_ref(), &upload, &e).await;
-                let what = if matches!(e, TransferError::Closed | TransferError::Peer(_)) {
+                let what = if matches!(e, TransferError::Fault(Fault::Closed) | TransferError::Peer(_)) {
                     "the sender went away; what arrived is kept for when it comes back"
                 } else {
                     "the transfer was refused"
@@ -258,20 +247,13 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let dest = free_path(&args.out, &received.name);
-        std::fs::rename(&received.path, &dest)
-            .with_context(|| format!("cannot move the file to {}", dest.display()))?;
-        let shown = dest.display().to_string();
-        answer_complete(control.as_ref(), &upload, &received, &shown).await?;
-        // Let the answer leave before the connection closes.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        peer.close().await;
         if out.json {
-            let v = serde_json::json!({"type": "result", "from": from, "path": shown, "size": received.size, "sha256": received.sha256});
+            let v = serde_json::json!({"type": "result", "from": from, "path": received.key, "size": received.size, "sha256": received.sha256});
             crate::output::line(&v.to_string());
         } else {
             crate::output::line(&format!(
-                "{shown}  {}  sha256 {}  from {from}",
+                "{}  {}  sha256 {}  from {from}",
+                received.key,
                 human_bytes(received.size),
                 received.sha256
             ));

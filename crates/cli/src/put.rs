@@ -91,7 +91,7 @@ pub async fn run(args: PutArgs) -> anyhow::Result<()> {
                 .map(str::to_owned)
                 .context("the file has no name; pass --key")?,
         };
-        if let crate::hybrid::Outcome::Sent(r) =
+        if let ferry_jobs::deliver::Delivered::Sent(r) =
             crate::hybrid::send(target, &args.room.transport, &args.room.net, &args.server, args.output, file, &name)
                 .await?
         {

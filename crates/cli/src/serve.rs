@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use clap::Args;
 use ferry_core::events::ProcessorKind;
-use ferry_server::processing::{ProcessorSpec, parse_processor};
+use ferry_s3::{S3Config, S3Credentials, S3Store};
 use ferry_server::{Server, ServerConfig};
-use ferry_store::{S3Config, S3Credentials, S3Store};
+use ferry_service::processing::{ProcessorSpec, parse_processor};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -31,6 +31,13 @@ pub struct ServeArgs {
     /// AWS_PROFILE profile of ~/.aws/credentials.
     #[arg(long, env = "FERRY_STORE", value_name = "s3://BUCKET/PREFIX")]
     store: Option<String>,
+
+    /// Make this server one of several on the same --store: signaling rooms, presence and live
+    /// event wake-ups are shared through Redis at this URL (redis://[:PASSWORD@]HOST:PORT[/DB],
+    /// rediss:// for TLS), so peers, workers and event streams meet whichever instance a load
+    /// balancer sends them to. Without it, rooms live in this process.
+    #[arg(long, env = "FERRY_BUS", value_name = "redis://HOST:PORT[/DB]", requires = "store")]
+    bus: Option<String>,
 
     /// The S3 service's URL (MinIO, Ceph, Garage, R2, …). Default: AWS S3 in --s3-region.
     #[arg(long, env = "AWS_ENDPOINT_URL_S3", requires = "store")]
@@ -204,6 +211,18 @@ fn processors(args: &ServeArgs) -> anyhow::Result<BTreeMap<String, ProcessorSpec
     Ok(all)
 }
 
+/// A URL as it may be logged: without its password.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(an unreadable URL)".into(),
+    }
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     ferry_core::units::parse_size(s).map_err(|e| e.to_string())
 }
@@ -293,7 +312,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             s3.max_object_size = args.max_object_size;
             let store = S3Store::new(s3).map_err(anyhow::Error::msg)?;
             store.check().await.with_context(|| format!("cannot use the store {url}"))?;
-            let server = Server::shared(config, Arc::new(store))
+            let bus = match &args.bus {
+                Some(bus_url) => {
+                    let (bus, inbox) =
+                        ferry_redis::RedisBus::connect(bus_url, config.max_room_peers, Default::default())
+                            .await
+                            .with_context(|| format!("cannot use the bus {}", redact(bus_url)))?;
+                    tracing::info!(instance = %ferry_bus::Bus::instance(bus.as_ref()), "joined the bus");
+                    Some((bus as Arc<dyn ferry_bus::Bus>, inbox))
+                }
+                None => None,
+            };
+            let server = Server::shared(config, Arc::new(store), bus)
                 .await
                 .with_context(|| format!("cannot read or create the server's secrets in {url}"))?;
             (server, url.clone(), format!("the store ({url})"))

@@ -251,7 +251,9 @@ async fn an_interrupted_get_resumes() {
     let (ok, lines, err) = run_json(ferry(&proxy.url(), &state, &args)).await;
     assert!(ok, "{err}");
     let r = result_of(&lines);
-    assert!(r["resumed_bytes"].as_u64().unwrap() >= 4 * MIB, "{r}");
+    // The journal trails the transfer by up to its write interval (more on a busy machine), so
+    // not all of the half that arrived need count; some must.
+    assert!(r["resumed_bytes"].as_u64().unwrap() >= MIB, "{r}");
     assert!(r["bytes_received"].as_u64().unwrap() < 16 * MIB, "{r}");
     assert_eq!(std::fs::read(&out).unwrap(), body);
 }

@@ -115,23 +115,32 @@ echo '{"pct": 100}'
 "#;
 
 fn worker(srv: &TestServer, dir: &Path, name: &str, jobs: &str) -> tokio::process::Child {
+    worker_at(&srv.url, dir, name, jobs)
+}
+
+/// A worker connected to the server (or instance) at `url`.
+fn worker_at(url: &str, dir: &Path, name: &str, jobs: &str) -> tokio::process::Child {
     let script = dir.join("job.sh");
     std::fs::write(&script, SCRIPT).unwrap();
     let exec = format!("sh {} {{input}} {{output_dir}}", script.display());
     let work = dir.join(format!("work-{name}"));
     let args = ["worker", "--room", "lab", "--name", name, "--jobs", jobs, "--exec", &exec, "--kill-grace", "2s"];
-    let mut cmd = ferry(&srv.url, &dir.join(format!("state-{name}")), &args);
+    let mut cmd = ferry(url, &dir.join(format!("state-{name}")), &args);
     let log = std::fs::File::create(dir.join(format!("worker-{name}.log"))).unwrap();
-    cmd.arg("--work-dir").arg(work).env("FERRY_LOG", "ferry=debug,warn").stdout(Stdio::null()).stderr(log);
+    cmd.arg("--work-dir").arg(work).env("FERRY_LOG", "ferry_jobs=debug,warn").stdout(Stdio::null()).stderr(log);
     cmd.spawn().unwrap()
 }
 
 /// `ferry submit … -- job_args` (the server flags go before the `--`).
 fn submit(srv: &TestServer, state: &Path, args: &[&str], job_args: &[&str]) -> tokio::process::Command {
+    submit_at(&srv.url, state, args, job_args)
+}
+
+fn submit_at(url: &str, state: &Path, args: &[&str], job_args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.arg("submit")
         .args(args)
-        .args(["--room", "lab", "--json", "--server", &srv.url, "--token", TOKEN])
+        .args(["--room", "lab", "--json", "--server", url, "--token", TOKEN])
         .arg("--")
         .args(job_args)
         .env("FERRY_STATE_DIR", state)
@@ -208,7 +217,11 @@ async fn wait_for(dir: &Path, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn job_cmd(srv: &TestServer, dir: &Path, verb: &str, id: &str) -> tokio::process::Command {
-    ferry(&srv.url, &dir.join("state"), &["job", verb, id, "--room", "lab"])
+    job_cmd_at(&srv.url, dir, verb, id)
+}
+
+fn job_cmd_at(url: &str, dir: &Path, verb: &str, id: &str) -> tokio::process::Command {
+    ferry(url, &dir.join("state"), &["job", verb, id, "--room", "lab"])
 }
 
 async fn pause_resume_and_cancel_reach_the_command_and_a_busy_worker_says_so(store: Store) {
@@ -487,4 +500,113 @@ async fn two_workers_finishing_at_once_both_land_in_the_manifest(store: Store) {
         })
         .sum();
     eprintln!("{} jobs in {ROUNDS} rounds; {retried} manifest writes lost a race and were retried", 2 * ROUNDS);
+}
+
+/// Several instances on one bus: the worker on one, its client on another, and `ferry job` on a
+/// third; the job is placed, steered and recorded as on one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_crosses_instances_and_is_paused_resumed_and_cancelled_from_a_third() {
+    let cluster = common::cluster::Cluster::start(&[]);
+    let urls: Vec<String> = cluster.instances.iter().map(|i| i.url.clone()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let _w = worker_at(&urls[0], dir.path(), "far", "1");
+    let input = write_file(dir.path(), "in.txt", b"hello across instances");
+    let pid_file = dir.path().join("pid");
+    let state = dir.path().join("state");
+    let args = ["--to", "far", "--job-id", "crossing", input.to_str().unwrap()];
+    let (job, lines, mut seen) = run_until(submit_at(&urls[1], &state, &args, &[pid_file.to_str().unwrap()]), |v| {
+        v["type"] == "progress" && v["data"]["tick"].is_number()
+    })
+    .await;
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let (ok, _, err) = run_json(job_cmd_at(&urls[2], dir.path(), "pause", "crossing")).await;
+    assert!(ok, "{err}");
+    wait_for(dir.path(), "the command to stop", || proc_state(pid) == Some('T')).await;
+    let (ok, _, err) = run_json(job_cmd_at(&urls[2], dir.path(), "resume", "crossing")).await;
+    assert!(ok, "{err}");
+    wait_for(dir.path(), "the command to run again", || running(proc_state(pid))).await;
+    let (ok, _, err) = run_json(job_cmd_at(&urls[2], dir.path(), "cancel", "crossing")).await;
+    assert!(ok, "{err}");
+    wait_for(dir.path(), "the command to end", || proc_state(pid).is_none_or(|s| s == 'Z')).await;
+    assert!(!finish(job, lines, &mut seen).await, "a cancelled job is not a success");
+    assert_eq!(result_of(&seen)["status"], "cancelled");
+    let states: Vec<&str> = seen.iter().filter(|l| l["type"] == "state").filter_map(|l| l["state"].as_str()).collect();
+    for s in ["running", "paused", "cancelling"] {
+        assert!(states.contains(&s), "{s} in {states:?}");
+    }
+    let manifest: Value = cluster.instances[2].get("/rooms/lab/manifest").await.json().await.unwrap();
+    assert_eq!(manifest["entries"][0]["status"], "cancelled");
+}
+
+/// Two workers on two instances finishing at the same moment, 50 times, with the manifest in an
+/// S3-compatible store whose conditional writes are not atomic (s3s-fs): every result once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_two_instances_finishing_at_once_both_land_in_the_manifest() {
+    const ROUNDS: usize = 50;
+    let cluster = common::cluster::Cluster::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _w1 = worker_at(&cluster.instances[0].url, dir.path(), "w1", "1");
+    let _w2 = worker_at(&cluster.instances[1].url, dir.path(), "w2", "1");
+    let state = dir.path().join("state");
+    let url = cluster.url();
+    let input = write_file(dir.path(), "shared.txt", b"the same input for every job");
+    let put = ["put", input.to_str().unwrap(), "--key", "rooms/lab/inputs/shared.txt", "--json"];
+    let (ok, _, err) = run_json(ferry(url, &state, &put)).await;
+    assert!(ok, "{err}");
+    for round in 0..ROUNDS {
+        let barrier = dir.path().join(format!("barrier-{round}"));
+        std::fs::create_dir(&barrier).unwrap();
+        let barrier = barrier.to_str().unwrap();
+        let job = |w: &str| {
+            let id = format!("r{round}-{w}");
+            let args = ["--to", w, "--job-id", &id, "rooms/lab/inputs/shared.txt"];
+            run_json(submit_at(url, &state, &args, &["barrier", barrier]))
+        };
+        let ((ok1, _, err1), (ok2, _, err2)) = tokio::join!(job("w1"), job("w2"));
+        assert!(ok1 && ok2, "round {round}: {err1} {err2}");
+    }
+    let manifest: Value = cluster.instances[2].get("/rooms/lab/manifest").await.json().await.unwrap();
+    let mut ids: Vec<&str> =
+        manifest["entries"].as_array().unwrap().iter().map(|e| e["job_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let mut want: Vec<String> = (0..ROUNDS).flat_map(|r| [format!("r{r}-w1"), format!("r{r}-w2")]).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "entries lost or doubled");
+}
+
+/// `kill -9` of the instance holding the worker's signaling while its job runs: the job reaches
+/// its result, and the worker joins again through the balancer (to another instance) and takes
+/// the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_survives_the_death_of_its_workers_instance_and_the_worker_comes_back() {
+    let mut cluster = common::cluster::Cluster::start(&[]);
+    let url = cluster.url().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let connections = "ferry_signal_connections_total";
+    let before = cluster.per_instance(connections).await;
+    let _w = worker_at(&url, dir.path(), "roamer", "1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let held_by = loop {
+        let now = cluster.per_instance(connections).await;
+        if let Some(i) = (0..3).find(|i| now[*i] > before[*i]) {
+            break i;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the worker did not join");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let input = write_file(dir.path(), "in.txt", b"through a dying instance");
+    let state = dir.path().join("state");
+    let args = ["--to", "roamer", "--job-id", "survivor", input.to_str().unwrap()];
+    // Killed once the job runs and its client hears from it over their data channel.
+    let (job, lines, mut seen) =
+        run_until(submit_at(&url, &state, &args, &["slow"]), |v| v["type"] == "progress").await;
+    cluster.instances[held_by].kill9();
+    assert!(finish(job, lines, &mut seen).await, "the job finished: {:?}", seen.last());
+    assert!(seen.iter().any(|l| l["type"] == "progress" && l["data"]["pct"] == 100), "progress after the kill");
+    assert_eq!(result_of(&seen)["status"], "succeeded");
+    // The worker is back in the room (through another instance) and takes the next job.
+    let args = ["--to", "roamer", "--job-id", "after", "--wait", "60s", input.to_str().unwrap()];
+    let (ok, lines, err) = run_json(submit_at(&url, &state, &args, &[])).await;
+    assert!(ok, "{err}");
+    assert_eq!(result_of(&lines)["status"], "succeeded");
 }

@@ -9,14 +9,15 @@ use std::sync::Arc;
 
 use common::s3::S3Server;
 use common::*;
-use ferry_core::room::{ManifestEntry, ManifestOutput};
+use ferry_core::job::ManifestOutput;
+use ferry_core::room::ManifestEntry;
 use serde_json::{Value, json};
 
 fn entry(job: &str, worker: &str) -> ManifestEntry {
     ManifestEntry {
         job_id: job.into(),
         worker: worker.into(),
-        status: "succeeded".into(),
+        status: ferry_core::job::JobStatus::Succeeded,
         inputs: vec!["inputs/data.csv".into()],
         outputs: vec![ManifestOutput {
             key: format!("rooms/lab/results/{job}/out.txt"),

@@ -1,8 +1,11 @@
 //! Test harness: a real `ferry serve` process on 127.0.0.1 with a temp data dir.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
 pub mod proxy;
-#[path = "../../../store/tests/support/s3_servers.rs"]
+#[path = "../../../redis/tests/support/redis_server.rs"]
+pub mod redis;
+#[path = "../../../s3/tests/support/s3_servers.rs"]
 pub mod s3;
 
 use tokio::io::AsyncBufReadExt;
@@ -22,11 +25,24 @@ pub struct TestServer {
     pub url: String,
     pub dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// The data dir is a tmpfs of this size, mounted in the server's own mount namespace.
+    tmpfs: Option<String>,
     pub http: reqwest::Client,
 }
 
-fn spawn(data_dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+fn spawn(data_dir: &Path, listen: &str, extra: &[String], tmpfs: Option<&str>) -> (Child, String) {
+    let mut cmd = match tmpfs {
+        // The mount lives and dies with the server: nothing to unmount, whatever happens.
+        Some(size) => {
+            let mut c = Command::new("unshare");
+            c.args(["-m", "sh", "-c", r#"mount -t tmpfs -o "size=$0" tmpfs "$1" && shift && exec "$@""#, size])
+                .arg(data_dir)
+                .arg(env!("CARGO_BIN_EXE_ferry"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_ferry")),
+    };
+    let mut child = cmd
         .args(["serve", "--listen", listen, "--token", TOKEN, "--data-dir"])
         .arg(data_dir)
         .args(extra)
@@ -52,8 +68,16 @@ impl TestServer {
     pub fn start(extra: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn(dir.path(), "127.0.0.1:0", &extra);
-        TestServer { child, url, dir, extra, http: reqwest::Client::new() }
+        let (child, url) = spawn(dir.path(), "127.0.0.1:0", &extra, None);
+        TestServer { child, url, dir, extra, tmpfs: None, http: reqwest::Client::new() }
+    }
+
+    /// A server whose data dir is a tmpfs of `size` (e.g. `24m`), so its disk can be filled.
+    pub fn start_on_tmpfs(size: &str, extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, url) = spawn(dir.path(), "127.0.0.1:0", &extra, Some(size));
+        TestServer { child, url, dir, extra, tmpfs: Some(size.to_owned()), http: reqwest::Client::new() }
     }
 
     /// A server keeping everything in `bucket_prefix` of a real S3-compatible server at `endpoint`.
@@ -71,7 +95,7 @@ impl TestServer {
     /// `kill -9`, then start again on the same data dir (on a new port).
     pub fn crash_and_restart(&mut self) {
         self.kill9();
-        let (child, url) = spawn(self.dir.path(), "127.0.0.1:0", &self.extra);
+        let (child, url) = spawn(self.dir.path(), "127.0.0.1:0", &self.extra, self.tmpfs.as_deref());
         self.child = child;
         self.url = url;
     }
@@ -81,7 +105,7 @@ impl TestServer {
         self.kill9();
         std::thread::sleep(down);
         let listen = self.url.strip_prefix("http://").unwrap().to_owned();
-        let (child, url) = spawn(self.dir.path(), &listen, &self.extra);
+        let (child, url) = spawn(self.dir.path(), &listen, &self.extra, self.tmpfs.as_deref());
         self.child = child;
         self.url = url;
     }
