@@ -8,6 +8,12 @@
 //! 4 s, … capped at a minute) for up to `retry_for`; each attempt and the outcome are kept in the
 //! store (`webhooks/{upload_id}`), shown in the upload's status, and resumed after a restart.
 //!
+//! With several instances, each delivery is made by one at a time: whoever holds its lease on
+//! the bus (`webhook:{upload_id}:{event_id}`, taken for one attempt and the wait after it) makes
+//! the next attempt, and every instance's background sweep ([`Webhooks::resume`]) takes over the
+//! deliveries whose holder died once their lease lapses. With the bus unreachable, the instance
+//! that started a delivery keeps going (a webhook twice beats none) and no one takes over.
+//!
 //! Only http(s) URLs are accepted. The host must be on the allow-list when there is one; link-local
 //! addresses (169.254.0.0/16, fe80::/10 — where cloud metadata services answer) are refused unless
 //! listed, and the check is made on the addresses the name resolves to at delivery, which are then
@@ -25,6 +31,8 @@ use ferry_core::api::{DeliveryState, WebhookAttempt, WebhookDelivery, WebhookSta
 use ferry_core::events::EventRecord;
 use ferry_store::{Condition, Store, StoreError};
 use serde::{Deserialize, Serialize};
+
+use ferry_bus::Bus;
 
 use crate::clock::Clock;
 
@@ -71,6 +79,8 @@ impl KeyedLocks {
 const KEPT_ATTEMPTS: usize = 20;
 const FIRST_DELAY: Duration = Duration::from_secs(1);
 const MAX_DELAY: Duration = Duration::from_secs(60);
+/// Time for recording an attempt, beyond the attempt itself.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// What is kept per upload: the status shown to clients, and each delivery's body, so a restart
 /// re-sends the same bytes.
@@ -83,6 +93,10 @@ struct WebhookRecord {
 
 fn record_name(upload_id: &str) -> String {
     format!("webhooks/{upload_id}")
+}
+
+fn lease_name(upload_id: &str, event_id: u64) -> String {
+    format!("webhook:{upload_id}:{event_id}")
 }
 
 /// Why a `webhook_url` is refused.
@@ -174,6 +188,7 @@ pub struct Webhooks {
     config: WebhookConfig,
     clock: Arc<dyn Clock>,
     sender: Arc<dyn WebhookSender>,
+    bus: Arc<dyn Bus>,
     locks: KeyedLocks,
 }
 
@@ -183,8 +198,9 @@ impl Webhooks {
         config: WebhookConfig,
         clock: Arc<dyn Clock>,
         sender: Arc<dyn WebhookSender>,
+        bus: Arc<dyn Bus>,
     ) -> Webhooks {
-        Webhooks { store, config, clock, sender, locks: KeyedLocks::default() }
+        Webhooks { store, config, clock, sender, bus, locks: KeyedLocks::default() }
     }
 
     pub fn config(&self) -> &WebhookConfig {
@@ -254,41 +270,90 @@ impl Webhooks {
             },
             Err(e) => Err(StoreError::Corrupt(e.to_string())),
         };
-        if let Err(e) = recorded {
-            tracing::warn!(upload_id, error = %e, "could not record a webhook delivery; sending it anyway");
-        }
+        // Unrecorded, the delivery goes on from memory, on this instance only.
+        let unrecorded = recorded
+            .inspect_err(
+                |e| tracing::warn!(upload_id, error = %e, "could not record a webhook delivery; sending it anyway"),
+            )
+            .err()
+            .map(|_| delivery);
         let this = Arc::clone(self);
         let (upload_id, url) = (upload_id.to_owned(), url.to_owned());
-        tokio::spawn(async move { this.send_until_done(upload_id, url, delivery, body, secret).await });
+        let id = event.id;
+        tokio::spawn(async move { this.send_until_done(upload_id, url, id, body, secret, false, unrecorded).await });
     }
 
-    /// Resumes every pending delivery (after a restart).
-    pub async fn resume(self: &Arc<Self>) -> Result<(), StoreError> {
-        let Some(secret) = self.config.secret.clone() else { return Ok(()) };
+    /// Takes over every pending delivery no instance is making (after a restart, or when the
+    /// instance making it died); returns how many it took. Deliveries in hand are left alone.
+    pub async fn resume(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let Some(secret) = self.config.secret.clone() else { return Ok(0) };
+        let mut taken = 0;
         for name in self.store.list_records("webhooks/").await? {
             let Some(upload_id) = name.strip_prefix("webhooks/") else { continue };
             let Some((record, _)) = self.load(upload_id).await? else { continue };
-            for d in record.status.deliveries.into_iter().filter(|d| d.state == DeliveryState::Pending) {
+            for d in record.status.deliveries.iter().filter(|d| d.state == DeliveryState::Pending) {
                 let Some(body) = record.bodies.get(&d.event_id).cloned() else { continue };
+                let lease = lease_name(upload_id, d.event_id);
+                if !self.bus.try_lease(&lease, self.lease_ttl()).await.unwrap_or(false) {
+                    continue;
+                }
+                taken += 1;
                 let this = Arc::clone(self);
-                let (upload_id, url, secret) = (upload_id.to_owned(), record.status.url.clone(), secret.clone());
-                tokio::spawn(async move { this.send_until_done(upload_id, url, d, body, secret).await });
+                let (upload_id, url, secret, id) =
+                    (upload_id.to_owned(), record.status.url.clone(), secret.clone(), d.event_id);
+                tokio::spawn(async move { this.send_until_done(upload_id, url, id, body, secret, true, None).await });
             }
         }
-        Ok(())
+        Ok(taken)
     }
 
+    /// A lease covers one attempt, its record and the longest wait before the next.
+    fn lease_ttl(&self) -> Duration {
+        self.config.attempt_timeout + MAX_DELAY + LEASE_MARGIN
+    }
+
+    /// Makes attempts while this instance holds the delivery's lease; `leased` when it holds it
+    /// already. Each attempt starts from the record, so a delivery taken over carries on its
+    /// schedule; `unrecorded` is the delivery when it could not be recorded.
+    #[allow(clippy::too_many_arguments)]
     async fn send_until_done(
         &self,
         upload_id: String,
         url: String,
-        delivery: WebhookDelivery,
+        event_id: u64,
         body: String,
         secret: String,
+        mut leased: bool,
+        mut unrecorded: Option<WebhookDelivery>,
     ) {
-        let mut attempt = delivery.attempts;
+        let lease = lease_name(&upload_id, event_id);
         loop {
-            attempt += 1;
+            if !leased {
+                match self.bus.try_lease(&lease, self.lease_ttl()).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => tracing::debug!(upload_id, error = %e, "no webhook lease; delivering anyway"),
+                }
+            }
+            leased = false;
+            let delivery = match self.load(&upload_id).await {
+                Ok(record) => record
+                    .and_then(|(r, _)| r.status.deliveries.into_iter().find(|d| d.event_id == event_id))
+                    .or_else(|| unrecorded.clone()),
+                Err(e) => {
+                    // The record says where the delivery stands; the next sweep carries it on.
+                    tracing::warn!(upload_id, error = %e, "could not read a webhook record; leaving it to the sweep");
+                    None
+                }
+            };
+            let Some(delivery) = delivery.filter(|d| d.state == DeliveryState::Pending) else {
+                self.release(&lease).await;
+                return;
+            };
+            let attempt = delivery.attempts + 1;
+            if let Some(d) = unrecorded.as_mut() {
+                d.attempts = attempt;
+            }
             let result = self.attempt(&url, &upload_id, delivery.event_id, &body, &secret).await;
             let now = self.clock.now();
             let (status, error) = match result {
@@ -323,11 +388,19 @@ impl Webhooks {
                 if give_up {
                     tracing::warn!(upload_id, %url, attempts = attempt, "gave up delivering a webhook");
                 }
+                self.release(&lease).await;
                 return;
             }
             let delay = FIRST_DELAY.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_DELAY);
             let left = (delivery.give_up_at - now).try_into().unwrap_or(Duration::ZERO);
             self.clock.sleep(delay.min(left)).await;
+            self.release(&lease).await;
+        }
+    }
+
+    async fn release(&self, lease: &str) {
+        if let Err(e) = self.bus.release(lease).await {
+            tracing::debug!(lease, error = %e, "the webhook lease will lapse instead");
         }
     }
 

@@ -25,7 +25,7 @@ const START: OffsetDateTime = time::macros::datetime!(2026-01-01 00:00 UTC);
 /// Webhook attempts, answered from a script of statuses (then 200), each reported with its time.
 struct Recorder {
     clock: Arc<ManualClock>,
-    statuses: Mutex<Vec<u16>>,
+    statuses: Arc<Mutex<Vec<u16>>>,
     attempts: mpsc::UnboundedSender<(OffsetDateTime, WebhookRequest)>,
 }
 
@@ -50,22 +50,37 @@ struct World {
 
 fn world(statuses: Vec<u16>, configure: impl FnOnce(&mut ServiceConfig)) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FsStore::open(dir.path(), Limits::EMBEDDED).unwrap());
     let clock = Arc::new(ManualClock::new(START));
     let (tx, attempts) = mpsc::unbounded_channel();
     let mut config = ServiceConfig::new("http://ferry.test");
-    config.webhooks.secret = Some("a webhook secret of 32 bytes....".into());
     configure(&mut config);
-    let service = Arc::new(Service::new(Parts {
-        store,
+    let recorder = Recorder { clock: Arc::clone(&clock), statuses: Arc::new(Mutex::new(statuses)), attempts: tx };
+    let service = instance(dir.path(), config, &clock, &local_bus(), recorder);
+    World { service, clock, attempts, _dir: dir }
+}
+
+fn local_bus() -> Arc<dyn ferry_bus::Bus> {
+    Arc::new(ferry_bus::LocalBus::new(0, ferry_bus::BusMetrics::default()).0)
+}
+
+/// One instance of the service on the store in `dir`; several may share a store, clock and bus.
+fn instance(
+    dir: &std::path::Path,
+    mut config: ServiceConfig,
+    clock: &Arc<ManualClock>,
+    bus: &Arc<dyn ferry_bus::Bus>,
+    recorder: Recorder,
+) -> Arc<Service> {
+    config.webhooks.secret = Some("a webhook secret of 32 bytes....".into());
+    Arc::new(Service::new(Parts {
+        store: Arc::new(FsStore::open(dir, Limits::EMBEDDED).unwrap()),
         config,
         signer: Signer::new(b"secret".to_vec()),
-        clock: Arc::clone(&clock) as Arc<dyn Clock>,
-        webhook_sender: Arc::new(Recorder { clock: Arc::clone(&clock), statuses: Mutex::new(statuses), attempts: tx }),
+        clock: Arc::clone(clock) as Arc<dyn Clock>,
+        webhook_sender: Arc::new(recorder),
         metrics: ferry_service::Metrics::default(),
-        bus: Arc::new(ferry_bus::LocalBus::new(0, ferry_bus::BusMetrics::default()).0),
-    }));
-    World { service, clock, attempts, _dir: dir }
+        bus: Arc::clone(bus),
+    }))
 }
 
 fn request(name: &str, size: u64, part_size: u64) -> CreateUpload {
@@ -89,6 +104,13 @@ async fn events(service: &Arc<Service>, upload_id: &str) -> Vec<UploadEvent> {
         out.push(r.event.clone());
     }
     out
+}
+
+/// The next webhook attempt, within 10 s of real time.
+async fn next_attempt(
+    attempts: &mut mpsc::UnboundedReceiver<(OffsetDateTime, WebhookRequest)>,
+) -> (OffsetDateTime, WebhookRequest) {
+    tokio::time::timeout(Duration::from_secs(10), attempts.recv()).await.expect("no webhook attempt").unwrap()
 }
 
 /// Waits (in real time, bounded) until `n` sleeps are waiting on the clock.
@@ -180,6 +202,94 @@ async fn a_failing_webhook_is_retried_on_its_schedule_until_it_is_delivered() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the delivery was not recorded as delivered");
+}
+
+/// Two instances on one store and one bus, both sweeping for deliveries to take over while one
+/// makes a delivery's attempts: each attempt is made once, on the schedule.
+#[tokio::test]
+async fn with_two_instances_sweeping_each_webhook_attempt_is_made_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let bus = local_bus();
+    let statuses = Arc::new(Mutex::new(vec![500, 503, 500]));
+    let (tx, mut attempts) = mpsc::unbounded_channel();
+    let recorder = |tx| Recorder { clock: Arc::clone(&clock), statuses: Arc::clone(&statuses), attempts: tx };
+    let config = ServiceConfig::new("http://ferry.test");
+    let a = instance(dir.path(), config.clone(), &clock, &bus, recorder(tx.clone()));
+    let b = instance(dir.path(), config, &clock, &bus, recorder(tx));
+    let mut req = request("twice.bin", 1, 65536);
+    req.webhook_url = Some("http://127.0.0.1:9/hook".into());
+    let id = a.create(req).await.unwrap().upload_id;
+    a.cancel(&id).await.unwrap();
+    let mut at = Vec::new();
+    for step in [1, 2, 4] {
+        let (t, _) = next_attempt(&mut attempts).await;
+        at.push((t - START).whole_seconds());
+        asleep(&clock, 1).await;
+        b.sweep().await;
+        a.sweep().await;
+        clock.advance(Duration::from_secs(step));
+    }
+    let (t, _) = next_attempt(&mut attempts).await;
+    at.push((t - START).whole_seconds());
+    assert_eq!(at, [0, 1, 3, 7], "1 s, 2 s, 4 s apart, each once");
+    for _ in 0..100 {
+        let delivery = b.status(&id).await.unwrap().webhook.unwrap().deliveries.remove(0);
+        if delivery.state == DeliveryState::Delivered {
+            assert_eq!(delivery.attempts, 4);
+            b.sweep().await;
+            a.sweep().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(attempts.try_recv().is_err(), "an attempt after the delivery");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the delivery was not recorded as delivered");
+}
+
+/// An instance dies between two attempts (its runtime, and the tasks on it, are dropped); the
+/// next one to start carries the delivery on from its record.
+#[test]
+fn a_delivery_cut_off_by_a_dying_instance_is_carried_on_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let statuses = Arc::new(Mutex::new(vec![500, 500]));
+    let recorder = |tx| Recorder { clock: Arc::clone(&clock), statuses: Arc::clone(&statuses), attempts: tx };
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let config = ServiceConfig::new("http://ferry.test");
+    let id = runtime().block_on(async {
+        let (tx, mut attempts) = mpsc::unbounded_channel();
+        let dying = instance(dir.path(), config.clone(), &clock, &local_bus(), recorder(tx));
+        let mut req = request("orphan.bin", 1, 65536);
+        req.webhook_url = Some("http://127.0.0.1:9/hook".into());
+        let id = dying.create(req).await.unwrap().upload_id;
+        dying.cancel(&id).await.unwrap();
+        next_attempt(&mut attempts).await;
+        asleep(&clock, 1).await;
+        id
+    });
+    clock.advance(Duration::from_secs(30));
+    runtime().block_on(async {
+        let (tx, mut attempts) = mpsc::unbounded_channel();
+        let next = instance(dir.path(), config, &clock, &local_bus(), recorder(tx));
+        tokio::spawn(Arc::clone(&next).run_background());
+        let (t, _) = next_attempt(&mut attempts).await;
+        assert_eq!((t - START).whole_seconds(), 30, "at once on start, the first wait being over");
+        asleep(&clock, 2).await; // the retry's wait and the sweeper's
+        clock.advance(Duration::from_secs(2));
+        let (t, _) = next_attempt(&mut attempts).await;
+        assert_eq!((t - START).whole_seconds(), 32, "then 2 s later: the schedule goes on from attempt 2");
+        for _ in 0..100 {
+            let delivery = next.status(&id).await.unwrap().webhook.unwrap().deliveries.remove(0);
+            if delivery.state == DeliveryState::Delivered {
+                assert_eq!(delivery.attempts, 3);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the delivery was not recorded as delivered");
+    });
 }
 
 #[tokio::test]

@@ -167,21 +167,32 @@ impl Service {
         Ok(expired)
     }
 
-    /// Carries on what an earlier run left unfinished, then sweeps for expired sessions every
+    /// Carries on what an earlier run left unfinished, then [sweeps](Service::sweep) every
     /// `sweep_interval`, until the future is dropped.
     pub async fn run_background(self: Arc<Self>) {
         if let Err(e) = self.recover().await {
             tracing::warn!(error = %e, "could not look for unfinished processing and webhooks");
         }
         loop {
-            // Every instance sweeps: a sweep is idempotent (each expiry is a conditional write
-            // of the session, so of two instances expiring one upload, one does and one skips).
-            match self.expire_overdue().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "expired overdue uploads"),
-                Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
-            }
+            self.sweep().await;
             self.clock.sleep(self.config.sweep_interval).await;
+        }
+    }
+
+    /// One round of background work, safe on every instance at once: expires overdue sessions
+    /// (each expiry is a conditional write of the session, so of two instances expiring one
+    /// upload, one does and the other skips) and takes over the webhook deliveries no instance
+    /// is making (each is made under a lease on the bus).
+    pub async fn sweep(self: &Arc<Self>) {
+        match self.expire_overdue().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired overdue uploads"),
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+        match self.webhooks.resume().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deliveries = n, "took over webhook deliveries"),
+            Err(e) => tracing::warn!(error = %e, "webhook sweep failed"),
         }
     }
 }

@@ -90,6 +90,7 @@ impl Service {
             p.config.webhooks.clone(),
             Arc::clone(&p.clock),
             p.webhook_sender,
+            Arc::clone(&p.bus),
         ));
         let holding = Arc::new(Semaphore::new(hold_capacity(&p.config) as usize));
         Service {
