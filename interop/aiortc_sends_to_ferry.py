@@ -33,10 +33,10 @@ SIZE = 3 * 1024 * 1024 + 12345
 HIGH_WATER = 1024 * 1024
 
 
-def start_server(data_dir):
+def start_server(data_dir, *extra):
     exe = os.environ.get("FERRY_BIN", os.path.join(ROOT, "target", "debug", "ferry"))
     proc = subprocess.Popen(
-        [exe, "serve", "--listen", "127.0.0.1:0", "--token", TOKEN, "--data-dir", data_dir],
+        [exe, "serve", "--listen", "127.0.0.1:0", "--token", TOKEN, "--data-dir", data_dir, *extra],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "FERRY_LOG": "warn"})
     url = re.search(r"http://[0-9.:]+", proc.stdout.readline()).group(0)
     return proc, url
@@ -50,7 +50,8 @@ def api(url, path, body=None):
         return res.read()
 
 
-async def upload(url, data):
+async def upload(url, data, on_answer=None):
+    """Uploads `data`; `on_answer(sdp)` is awaited once the server has answered."""
     # An explicitly empty ICE server list: no public STUN server is tried.
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     channel = pc.createDataChannel("video_upload")
@@ -72,6 +73,8 @@ async def upload(url, data):
     await pc.setLocalDescription(await pc.createOffer())
     answer = json.loads(api(url, "/rtc/offer", {"type": pc.localDescription.type, "sdp": pc.localDescription.sdp}))
     assert answer["type"] == "answer", answer
+    if on_answer:
+        await on_answer(answer["sdp"])
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
     await asyncio.wait_for(opened.wait(), 30)
 

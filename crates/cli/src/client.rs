@@ -62,7 +62,12 @@ pub struct PeerNetArgs {
 
 impl PeerNetArgs {
     pub fn config(&self) -> ferry_rtc::PeerConfig {
-        ferry_rtc::PeerConfig { bind: self.bind, ice_servers: self.ice_servers.clone(), relay_only: self.relay_only }
+        ferry_rtc::PeerConfig {
+            bind: self.bind,
+            ice_servers: self.ice_servers.clone(),
+            relay_only: self.relay_only,
+            ..Default::default()
+        }
     }
 }
 

@@ -127,9 +127,26 @@ pub struct ServeArgs {
     #[arg(long = "cors-origin", env = "FERRY_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
 
-    /// The address ferry's WebRTC peer (POST /v1/rtc/offer) sends from and offers to peers.
+    /// The address ferry's WebRTC peer (POST /v1/rtc/offer, or a signal to peer `ferry`) binds,
+    /// and offers to peers unless --rtc-public-ip says otherwise. 0.0.0.0 or :: bind every
+    /// interface, and then need --rtc-public-ip.
     #[arg(long, env = "FERRY_RTC_BIND", default_value = "127.0.0.1")]
     rtc_bind: std::net::IpAddr,
+
+    /// Serve every WebRTC peer on this one UDP port, so a firewall needs one rule (0: any free
+    /// port). Without it, each peer gets a random port of its own.
+    #[arg(long, env = "FERRY_RTC_UDP_PORT", value_name = "PORT")]
+    rtc_udp_port: Option<u16>,
+
+    /// The address peers can reach the WebRTC peer at, offered as its candidate instead of
+    /// --rtc-bind's: a cloud server's public IP in front of a 1:1 NAT, or a container host's.
+    #[arg(long, env = "FERRY_RTC_PUBLIC_IP", value_name = "IP")]
+    rtc_public_ip: Option<std::net::IpAddr>,
+
+    /// WebRTC peers served at once on the --rtc-udp-port; an offer beyond it answers 503
+    /// rtc_busy.
+    #[arg(long, env = "FERRY_RTC_MAX_PEERS", default_value_t = 256, value_name = "N")]
+    rtc_max_peers: usize,
 
     /// An ICE server for the WebRTC peer, repeatable: stun:HOST[:PORT] is asked for its address
     /// outside a NAT; turn:USER:PASSWORD@HOST[:PORT] relays (over UDP) for peers that cannot
@@ -273,6 +290,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.events_idle_timeout = args.events_idle_timeout;
     config.events_keepalive = args.events_keepalive;
     config.rtc_bind = args.rtc_bind;
+    config.rtc_udp_port = args.rtc_udp_port;
+    config.rtc_public_ip = args.rtc_public_ip;
+    config.rtc_max_peers = args.rtc_max_peers;
     config.ice_servers = args.ice_servers.clone();
     for entry in &args.room_tokens {
         let (room, token) = entry
@@ -335,6 +355,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("ferry serve: listening on {listening} (data in {data})");
     } else {
         println!("ferry serve: listening on {listening} (signed URLs use {public_url}; data in {data})");
+    }
+    if let Some(udp) = server.bind_rtc().await.context("cannot open the WebRTC port")? {
+        match args.rtc_public_ip {
+            Some(ip) => println!("WebRTC peers on udp {udp}, offered to peers as {ip}:{}", udp.port()),
+            None => println!("WebRTC peers on udp {udp}"),
+        }
     }
     if args.tokens.is_empty() {
         let token = server.tokens().first().cloned().unwrap_or_default();

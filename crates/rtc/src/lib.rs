@@ -18,6 +18,8 @@
 //!   it, trickling candidates.
 //! - [`IceServer`]: STUN ([`stun`]) for an address outside a NAT, TURN ([`relay`]) when no
 //!   direct path exists.
+//! - [`UdpMux`]: one UDP port that many peers share (a server behind a firewall), announcing a
+//!   public address if it is given one.
 //!
 //! ## Driving a transfer
 //! ```no_run
@@ -49,6 +51,7 @@
 pub mod connect;
 pub mod ice_server;
 pub mod messages;
+pub mod mux;
 pub mod peer;
 pub mod relay;
 pub mod signaling;
@@ -57,6 +60,7 @@ pub mod stun;
 pub mod transfer;
 
 pub use ice_server::IceServer;
+pub use mux::UdpMux;
 pub use peer::ChannelSender;
 pub use peer::{
     DataChannel, Description, IceCandidate, Message, Peer, PeerConfig, PeerError, PeerEvent, RemoteCandidates,

@@ -7,9 +7,10 @@
 //! memory stays bounded whatever the file size), `recv` yields messages in order.
 //!
 //! The socket is bound to an explicit address (127.0.0.1 by default), which is also the one host
-//! candidate offered: a wildcard bind would leave loopback out, and tests keep every packet on
-//! loopback. STUN and TURN servers are asked from the same socket; a TURN allocation's traffic is
-//! told apart by its source (the relay server) and its destination (the relayed address).
+//! candidate offered unless a public address is given to announce instead (a wildcard bind
+//! needs one). STUN and TURN servers are asked from the same socket; a TURN allocation's traffic
+//! is told apart by its source (the relay server) and its destination (the relayed address).
+//! Or every peer shares one socket, a [`UdpMux`] (one port for a firewall to open).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,7 +22,9 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
 use crate::ice_server::IceServer;
+use crate::mux::{Link, UdpMux};
 use crate::relay::{Outbox, Relay};
+use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,6 +52,10 @@ pub enum PeerError {
     TooLarge { size: usize },
     #[error("relay-only, and no TURN relay gave an allocation: {0}")]
     NoRelay(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("the WebRTC port serves {0} peers already; try again later")]
+    Busy(usize),
 }
 
 /// How to set a peer up.
@@ -62,11 +69,51 @@ pub struct PeerConfig {
     /// Offer relayed candidates only (a browser's `iceTransportPolicy: "relay"`): the remote
     /// never learns this side's own addresses.
     pub relay_only: bool,
+    /// The address to offer instead of `bind`'s: a public IP in front of a 1:1 NAT.
+    pub public_ip: Option<IpAddr>,
+    /// Share this socket with other peers instead of binding one (`bind` and `public_ip` are
+    /// then the mux's; STUN and TURN are not asked).
+    pub mux: Option<Arc<UdpMux>>,
 }
 
 impl Default for PeerConfig {
     fn default() -> PeerConfig {
-        PeerConfig { bind: IpAddr::V4(Ipv4Addr::LOCALHOST), ice_servers: Vec::new(), relay_only: false }
+        PeerConfig {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ice_servers: Vec::new(),
+            relay_only: false,
+            public_ip: None,
+            mux: None,
+        }
+    }
+}
+
+/// Where a peer's datagrams go in and out: its own socket, or its share of a [`UdpMux`].
+enum Port {
+    Own(UdpSocket),
+    Shared(Link),
+}
+
+impl Port {
+    async fn send_to(&mut self, datagram: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        match self {
+            Port::Own(s) => s.send_to(datagram, to).await,
+            Port::Shared(l) => l.send_to(datagram, to).await,
+        }
+    }
+
+    async fn recv_from(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match self {
+            Port::Own(s) => s.recv_from(buf).await,
+            Port::Shared(l) => l.recv_from(buf).await,
+        }
+    }
+
+    fn try_recv_from(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match self {
+            Port::Own(s) => s.try_recv_from(buf),
+            Port::Shared(l) => l.try_recv_from(buf),
+        }
     }
 }
 
@@ -200,14 +247,14 @@ impl Peer {
     /// Starts a peer that offers, with data channels labelled `channels` (opened once connected;
     /// they arrive as [`PeerEvent::Channel`] like remote ones). Returns the offer to send.
     pub async fn offer(config: &PeerConfig, channels: &[&str]) -> Result<(Peer, Description), PeerError> {
-        let (mut rtc, socket, relays) = Self::setup(config).await?;
+        let (mut rtc, port, local, relays) = Self::setup(config).await?;
         let mut change = rtc.sdp_api();
         for label in channels {
             change.add_channel((*label).to_owned());
         }
         let (offer, pending) = change.apply().ok_or_else(|| PeerError::Sdp("nothing to offer".into()))?;
         let description = Description { kind: "offer".into(), sdp: offer.to_sdp_string() };
-        let mut peer = Self::spawn(rtc, socket, relays, &description)?;
+        let mut peer = Self::spawn(rtc, port, local, relays, &description);
         peer.pending = Some(pending);
         Ok((peer, description))
     }
@@ -218,10 +265,10 @@ impl Peer {
             return Err(PeerError::Sdp(format!("expected an offer, not {:?}", offer.kind)));
         }
         let offer = SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
-        let (mut rtc, socket, relays) = Self::setup(config).await?;
+        let (mut rtc, port, local, relays) = Self::setup(config).await?;
         let answer = rtc.sdp_api().accept_offer(offer)?;
         let description = Description { kind: "answer".into(), sdp: answer.to_sdp_string() };
-        Ok((Self::spawn(rtc, socket, relays, &description)?, description))
+        Ok((Self::spawn(rtc, port, local, relays, &description), description))
     }
 
     /// Completes an offer with the remote's answer.
@@ -267,7 +314,27 @@ impl Peer {
         let _ = self.commands.send(Command::Close).await;
     }
 
-    async fn setup(config: &PeerConfig) -> Result<(Rtc, UdpSocket, Vec<Relay>), PeerError> {
+    /// The `Rtc` with its local candidates, where its datagrams go, the address it offers, and
+    /// its relays.
+    async fn setup(config: &PeerConfig) -> Result<(Rtc, Port, SocketAddr, Vec<Relay>), PeerError> {
+        if let Some(mux) = &config.mux {
+            if !config.ice_servers.is_empty() || config.relay_only {
+                return Err(PeerError::Config(
+                    "peers on a shared UDP port use no STUN or TURN server: announce a public IP instead".into(),
+                ));
+            }
+            let local = mux.announced();
+            let mut rtc = Rtc::builder().build(Instant::now());
+            rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| PeerError::Sdp(e.to_string()))?);
+            let link = mux.register(&rtc.direct_api().local_ice_credentials().ufrag)?;
+            return Ok((rtc, Port::Shared(link), local, Vec::new()));
+        }
+        if config.bind.is_unspecified() && config.public_ip.is_none() {
+            return Err(PeerError::Config(format!(
+                "{} binds every interface: say which address peers reach (a public IP)",
+                config.bind
+            )));
+        }
         let addr = SocketAddr::new(config.bind, 0);
         let raw = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
         // Room for bursts both ways: a datagram the kernel drops is a loss SCTP slows down for.
@@ -277,7 +344,8 @@ impl Peer {
         raw.set_nonblocking(true)?;
         raw.bind(&addr.into())?;
         let socket = UdpSocket::from_std(raw.into())?;
-        let local = socket.local_addr()?;
+        let bound = socket.local_addr()?;
+        let local = SocketAddr::new(config.public_ip.unwrap_or(bound.ip()), bound.port());
         // str0m's default SCTP buffer (128 KiB) is what bounds a channel's buffered amount:
         // sctp-proto scans what is in flight for every packet it sends, so a larger buffer is
         // slower, not faster (20 MB/s at 8 MiB against 80 at the default, measured).
@@ -306,7 +374,7 @@ impl Peer {
                     if refusals.is_empty() { "no turn: server was given".to_owned() } else { refusals.join("; ") };
                 return Err(PeerError::NoRelay(why));
             }
-            return Ok((rtc, socket, relays));
+            return Ok((rtc, Port::Own(socket), local, relays));
         }
         let candidate = Candidate::host(local, "udp").map_err(|e| PeerError::Sdp(e.to_string()))?;
         rtc.add_local_candidate(candidate);
@@ -323,17 +391,16 @@ impl Peer {
                 None => tracing::warn!(%server, "the STUN server did not answer; offering the host candidate only"),
             }
         }
-        Ok((rtc, socket, relays))
+        Ok((rtc, Port::Own(socket), local, relays))
     }
 
-    fn spawn(rtc: Rtc, socket: UdpSocket, relays: Vec<Relay>, description: &Description) -> Result<Peer, PeerError> {
-        let local = socket.local_addr()?;
+    fn spawn(rtc: Rtc, port: Port, local: SocketAddr, relays: Vec<Relay>, description: &Description) -> Peer {
         let candidates = local_candidates(&description.sdp);
         let (commands, command_rx) = mpsc::channel(64);
         let (event_tx, events) = mpsc::channel(64);
         let driver = Driver {
             rtc,
-            socket,
+            port,
             local,
             relays,
             commands: commands.clone(),
@@ -345,7 +412,7 @@ impl Peer {
             outgoing: Vec::new(),
         };
         tokio::spawn(driver.run(command_rx));
-        Ok(Peer { commands, events, local, pending: None, candidates })
+        Peer { commands, events, local, pending: None, candidates }
     }
 }
 
@@ -383,7 +450,8 @@ type Write = (bool, Vec<u8>, oneshot::Sender<Result<(), PeerError>>);
 /// The task that owns the `Rtc`.
 struct Driver {
     rtc: Rtc,
-    socket: UdpSocket,
+    port: Port,
+    /// The address offered: what the remote sends to, and what this side sends from.
     local: SocketAddr,
     /// TURN allocations, whose relayed addresses are local candidates too.
     relays: Vec<Relay>,
@@ -412,7 +480,7 @@ impl Driver {
             // Waiting for room in the socket's buffer rather than dropping: a datagram dropped
             // here is a loss to SCTP, which then slows right down.
             for (to, datagram) in std::mem::take(&mut self.outgoing) {
-                let _ = self.socket.send_to(&datagram, to).await;
+                let _ = self.port.send_to(&datagram, to).await;
             }
             self.deliver();
             let timeout = match timeout {
@@ -431,12 +499,12 @@ impl Driver {
             let full = self.deliveries.front().map(|(inbox, _)| inbox.clone());
             tokio::select! {
                 _ = async { full.as_ref()?.reserve().await.ok() }, if full.is_some() => {}
-                received = self.socket.recv_from(&mut buf), if full.is_none() => {
+                received = self.port.recv_from(&mut buf), if full.is_none() => {
                     let Ok((n, source)) = received else { continue };
                     self.receive(&buf[..n], source);
                     // Take what else has arrived before the next round of output and timers.
                     for _ in 0..BATCH {
-                        match self.socket.try_recv_from(&mut buf) {
+                        match self.port.try_recv_from(&mut buf) {
                             Ok((n, source)) => self.receive(&buf[..n], source),
                             Err(_) => break,
                         }
@@ -452,7 +520,7 @@ impl Driver {
                         }
                         let _ = self.drain();
                         for (to, datagram) in std::mem::take(&mut self.outgoing) {
-                            let _ = self.socket.send_to(&datagram, to).await;
+                            let _ = self.port.send_to(&datagram, to).await;
                         }
                         self.rtc.disconnect();
                         break;
@@ -468,7 +536,7 @@ impl Driver {
             relay.close(Instant::now(), &mut self.outgoing);
         }
         for (to, datagram) in std::mem::take(&mut self.outgoing) {
-            let _ = self.socket.send_to(&datagram, to).await;
+            let _ = self.port.send_to(&datagram, to).await;
         }
     }
 
@@ -506,9 +574,10 @@ impl Driver {
             None => (source, self.local, datagram),
         };
         let Ok(contents) = datagram.try_into() else { return };
-        // No `rtc.accepts` filter: the socket is this connection's alone. The filter would drop
-        // a DTLS ClientHello that arrives before this side's ICE has nominated a pair, and the
-        // OpenSSL DTLS backend never retransmits it on a timer: the handshake would hang.
+        // No `rtc.accepts` filter: the socket, or the mux's routing, gives this connection only
+        // its own traffic. The filter would drop a DTLS ClientHello that arrives before this
+        // side's ICE has nominated a pair, and the OpenSSL DTLS backend never retransmits it on
+        // a timer: the handshake would hang.
         let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
         if let Err(e) = self.rtc.handle_input(input) {
             tracing::debug!(error = %e, "dropping a packet");

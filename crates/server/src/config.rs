@@ -49,6 +49,12 @@ pub struct ServerConfig {
     pub max_room_peers: usize,
     /// The address the server's WebRTC peer sends from and offers as its candidate.
     pub rtc_bind: std::net::IpAddr,
+    /// Serve every WebRTC peer on this one UDP port (0: any free one) instead of one port each.
+    pub rtc_udp_port: Option<u16>,
+    /// The address to offer peers instead of `rtc_bind` (a public IP in front of a 1:1 NAT).
+    pub rtc_public_ip: Option<std::net::IpAddr>,
+    /// WebRTC peers served at once on the one UDP port.
+    pub rtc_max_peers: usize,
     /// STUN servers the WebRTC peer asks for its outside address.
     pub ice_servers: Vec<ferry_rtc::IceServer>,
     /// Origins whose browser apps may call this server (`*` for any); empty: same origin only.
@@ -76,6 +82,9 @@ impl ServerConfig {
             webhooks: WebhookConfig::default(),
             cors_origins: Vec::new(),
             rtc_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            rtc_udp_port: None,
+            rtc_public_ip: None,
+            rtc_max_peers: 256,
             ice_servers: Vec::new(),
             room_tokens: BTreeMap::new(),
             signal_max_message: 64 * 1024,

@@ -155,6 +155,22 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// Starting the server's WebRTC peer for an offer.
+impl From<ferry_rtc::PeerError> for ApiError {
+    fn from(e: ferry_rtc::PeerError) -> ApiError {
+        use ferry_rtc::PeerError;
+        match e {
+            PeerError::Busy(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "rtc_busy", e.to_string()),
+            PeerError::Io(_) | PeerError::Config(_) | PeerError::NoRelay(_) => {
+                ApiError::internal(format!("cannot start a WebRTC peer: {e}"))
+            }
+            PeerError::Sdp(_) | PeerError::Rtc(_) | PeerError::Closed | PeerError::TooLarge { .. } => {
+                ApiError::bad_request("invalid_offer", format!("cannot answer this offer: {e}"))
+            }
+        }
+    }
+}
+
 impl From<PlanError> for ApiError {
     fn from(e: PlanError) -> ApiError {
         ApiError::bad_request(plan_code(&e), e.to_string())

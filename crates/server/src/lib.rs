@@ -51,6 +51,8 @@ pub(crate) struct AppState {
     /// Cancelled when the server starts shutting down, so long-lived responses (event streams) end.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub signal: Arc<routes::signal::Hub>,
+    /// The one UDP port of every WebRTC peer, when the server has one (bound in `serve`).
+    pub rtc_mux: std::sync::OnceLock<Arc<ferry_rtc::UdpMux>>,
 }
 
 /// A server ready to accept connections.
@@ -131,8 +133,32 @@ impl Server {
             service,
             metrics,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            rtc_mux: std::sync::OnceLock::new(),
         };
         Server { state: Arc::new(state) }
+    }
+
+    /// Binds the WebRTC peers' one UDP port, when the configuration asks for one (`serve`
+    /// does it first); returns its address.
+    pub async fn bind_rtc(&self) -> std::io::Result<Option<std::net::SocketAddr>> {
+        let config = &self.state.config;
+        let Some(port) = config.rtc_udp_port else { return Ok(None) };
+        if let Some(mux) = self.state.rtc_mux.get() {
+            return mux.local_addr().map(Some);
+        }
+        if !config.ice_servers.is_empty() {
+            return Err(std::io::Error::other(
+                "--ice-server cannot be used with --rtc-udp-port: announce the address peers reach with --rtc-public-ip",
+            ));
+        }
+        let bind = std::net::SocketAddr::new(config.rtc_bind, port);
+        let mux = ferry_rtc::UdpMux::bind(bind, config.rtc_public_ip, config.rtc_max_peers)
+            .await
+            .map_err(|e| std::io::Error::other(format!("WebRTC port {bind}: {e}")))?;
+        let addr = mux.local_addr()?;
+        tracing::info!(%addr, announced = %mux.announced(), "WebRTC peers share one UDP port");
+        let _ = self.state.rtc_mux.set(mux);
+        Ok(Some(addr))
     }
 
     /// The bearer tokens this server accepts.
@@ -147,6 +173,7 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.bind_rtc().await?;
         self.state.signal.start();
         let background = tokio::spawn(Arc::clone(&self.state.service).run_background());
         let app = routes::router(Arc::clone(&self.state));

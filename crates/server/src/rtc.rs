@@ -31,11 +31,11 @@ pub(crate) async fn accept_offer(
     let config = PeerConfig {
         bind: state.config.rtc_bind,
         ice_servers: state.config.ice_servers.clone(),
+        public_ip: state.config.rtc_public_ip,
+        mux: state.rtc_mux.get().cloned(),
         ..PeerConfig::default()
     };
-    let (peer, answer) = Peer::answer(&config, &offer)
-        .await
-        .map_err(|e| ApiError::bad_request("invalid_offer", format!("cannot answer this offer: {e}")))?;
+    let (peer, answer) = Peer::answer(&config, &offer).await?;
     let candidates = peer.remote_candidates();
     tokio::spawn(serve_peer(state, peer));
     Ok((answer, candidates))
