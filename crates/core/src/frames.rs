@@ -254,6 +254,30 @@ impl Reassembly {
         Ok(r)
     }
 
+    /// Starts from what an earlier connection of a peer without a control channel left:
+    /// `total` chunks of `chunk_size`, `held` of them in. (The last chunk is never among them:
+    /// its length, which gives the file's size, comes when it does.)
+    pub fn resumed(limits: ReceiveLimits, total: u32, chunk_size: u32, held: Ranges) -> Result<Reassembly, FrameError> {
+        let mut r = Reassembly::new(limits);
+        r.set_chunk_size(chunk_size)?;
+        r.set_total(total)?;
+        if held.spans().last().is_some_and(|s| s[1] > total) {
+            return Err(FrameError::IndexOutOfRange { index: total, total });
+        }
+        r.held = if held.contains(total - 1) {
+            let mut without_last = Ranges::default();
+            for [start, end] in held.spans() {
+                (start..end.min(total - 1)).for_each(|i| {
+                    without_last.insert(i);
+                });
+            }
+            without_last
+        } else {
+            held
+        };
+        Ok(r)
+    }
+
     fn set_chunk_size(&mut self, chunk_size: u32) -> Result<(), FrameError> {
         if chunk_size == 0 || chunk_size as usize > self.limits.max_message - HEADER_LEN {
             return Err(FrameError::BadChunkSize(chunk_size));

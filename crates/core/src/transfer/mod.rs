@@ -37,6 +37,9 @@ pub struct Announce {
     pub total_chunks: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// A processor the receiver runs on the file as it arrives (one it was configured with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor: Option<String>,
 }
 
 /// Why a transfer ended without its file, by whose doing.
@@ -52,6 +55,10 @@ pub enum Fault {
     Checksum { expected: String, actual: String },
     #[error("the file could not be stored: {0}")]
     Storage(String),
+    /// The receiver will not take this transfer as asked (a processor it does not know, a name
+    /// it cannot store, a resume of nothing it holds).
+    #[error("{message}")]
+    Refused { code: String, message: String },
     #[error("the connection closed before the transfer finished")]
     Closed,
 }
@@ -64,6 +71,7 @@ impl Fault {
             Fault::Checksum { .. } => "checksum_mismatch",
             Fault::Protocol(_) => "protocol_error",
             Fault::Storage(_) => "storage_error",
+            Fault::Refused { code, .. } => code,
             Fault::Remote { .. } | Fault::Closed => "transfer_failed",
         }
     }

@@ -88,6 +88,30 @@ impl Receiver {
         }
     }
 
+    /// A transfer from a peer without a control channel that an earlier connection began:
+    /// `total_chunks` of `chunk_size`, of which `held` arrived already. The peer is told what is
+    /// held (`resume_state` as text on the upload channel, under `transfer_id`) before anything
+    /// else, and need send only the rest.
+    pub fn resumed(
+        limits: ReceiveLimits,
+        transfer_id: String,
+        total_chunks: u32,
+        chunk_size: u32,
+        held: Ranges,
+        now: Instant,
+    ) -> Receiver {
+        let mut r = Receiver::new(limits, false, now);
+        match Reassembly::resumed(limits, total_chunks, chunk_size, held) {
+            Ok(reassembly) => {
+                let ranges = reassembly.held().spans();
+                r.reassembly = reassembly;
+                r.actions.push_back(ReceiverAction::Send(Control::ResumeState { transfer_id, ranges }));
+            }
+            Err(e) => r.fail(e.into()),
+        }
+        r
+    }
+
     /// What the sender announced, once it has.
     pub fn announced(&self) -> Option<&Announce> {
         self.announced.as_ref()
@@ -222,9 +246,10 @@ impl Receiver {
         self.actions.push_back(ReceiverAction::Send(Control::Complete { transfer_id, key, size, sha256 }));
     }
 
-    /// The driver could not store the file.
+    /// The driver could not do what it was asked (look up, write, checkpoint or store): the
+    /// transfer ends with `fault`.
     pub fn failed(&mut self, fault: Fault) {
-        if self.phase == Phase::Storing {
+        if !matches!(self.phase, Phase::Done | Phase::Failed) {
             self.fail(fault);
         }
     }

@@ -29,6 +29,7 @@ fn announce(data: &[u8]) -> Announce {
         chunk_size: CHUNK,
         total_chunks: total,
         sha256: Some(sha(data)),
+        processor: None,
     }
 }
 
@@ -271,6 +272,7 @@ fn receiving(now: Instant, total_chunks: u32) -> Receiver {
         chunk_size: CHUNK,
         total_chunks,
         sha256: None,
+        processor: None,
     };
     r.handle_control(now, &serde_json::to_vec(&Control::UploadStart(a)).unwrap());
     r.held(now, Ranges::default());
@@ -315,8 +317,15 @@ fn what_a_peer_gets_wrong_ends_the_transfer_with_an_error() {
     assert_eq!(sent_error(&mut r).as_deref(), Some("protocol_error"));
     // An announce whose numbers do not add up.
     let mut r = Receiver::new(LIMITS, true, t);
-    let bad =
-        Announce { transfer_id: "t".into(), name: "n".into(), size: 10, chunk_size: 5, total_chunks: 3, sha256: None };
+    let bad = Announce {
+        transfer_id: "t".into(),
+        name: "n".into(),
+        size: 10,
+        chunk_size: 5,
+        total_chunks: 3,
+        sha256: None,
+        processor: None,
+    };
     r.handle_control(t, &serde_json::to_vec(&Control::UploadStart(bad)).unwrap());
     assert!(matches!(r.poll(), Some(ReceiverAction::LookUp(_))));
     r.held(t, Ranges::default());
@@ -352,4 +361,72 @@ fn a_resume_state_outside_the_file_is_a_protocol_error() {
     s.handle_control(t, &serde_json::to_vec(&resume).unwrap());
     assert!(matches!(s.poll(t), Some(SenderAction::Fail(Fault::Protocol(_)))));
     assert_eq!(s.poll(t + Duration::from_secs(60)), None, "over");
+}
+
+#[test]
+fn a_frames_only_transfer_resumed_says_what_is_held_first_and_needs_only_the_rest() {
+    let t = Instant::now();
+    let held = Ranges::from_spans(&[[0, 2], [3, 4]], 5).unwrap();
+    let mut r = Receiver::resumed(LIMITS, "tok".into(), 5, CHUNK, held, t);
+    assert_eq!(
+        r.poll(),
+        Some(ReceiverAction::Send(Control::ResumeState { transfer_id: "tok".into(), ranges: vec![[0, 2], [3, 4]] })),
+        "the peer hears what is held before anything else"
+    );
+    assert!(r.reads_upload());
+    assert_eq!(r.handle_upload(t, true, &chunk(0, 5)), None, "a chunk held already is a duplicate");
+    let at = r.handle_upload(t, true, &chunk(2, 5)).unwrap();
+    assert_eq!(at.offset, 2 * u64::from(CHUNK));
+    let mut last = header(4, 5).to_vec();
+    last.extend_from_slice(&[9; 10]);
+    assert!(r.handle_upload(t, true, &last).is_some());
+    let finish = std::iter::from_fn(|| r.poll()).find(|a| matches!(a, ReceiverAction::Finish { .. }));
+    assert_eq!(finish, Some(ReceiverAction::Finish { size: 4 * u64::from(CHUNK) + 10, sha256: None }));
+}
+
+#[test]
+fn a_resumed_frames_only_transfer_holds_its_peer_to_the_same_shape() {
+    let t = Instant::now();
+    let held = Ranges::from_spans(&[[0, 2]], 5).unwrap();
+    let mut r = Receiver::resumed(LIMITS, "tok".into(), 5, CHUNK, held.clone(), t);
+    while r.poll().is_some() {}
+    r.handle_upload(t, true, &chunk(2, 6));
+    assert_eq!(sent_error(&mut r).as_deref(), Some("total_changed"), "another file under the same token");
+    // The last chunk is never counted as held: its length gives the file's size.
+    let all = Ranges::from_spans(&[[0, 5]], 5).unwrap();
+    let mut r = Receiver::resumed(LIMITS, "tok".into(), 5, CHUNK, all, t);
+    match r.poll() {
+        Some(ReceiverAction::Send(Control::ResumeState { ranges, .. })) => assert_eq!(ranges, vec![[0, 4]]),
+        other => panic!("{other:?}"),
+    }
+    // What is held must fit the file.
+    let beyond = Ranges::from_spans(&[[0, 7]], 7).unwrap();
+    let mut r = Receiver::resumed(LIMITS, "tok".into(), 5, CHUNK, beyond, t);
+    assert_eq!(sent_error(&mut r).as_deref(), Some("index_out_of_range"));
+}
+
+#[test]
+fn a_driver_that_cannot_take_the_transfer_ends_it_in_any_phase_with_its_reason() {
+    let t = Instant::now();
+    let refused = || Fault::Refused { code: "unknown_processor".into(), message: "no processor \"x\"".into() };
+    // While looking up what is held (an upload_start naming a processor the driver lacks).
+    let mut r = Receiver::new(LIMITS, true, t);
+    let a = Announce { processor: Some("x".into()), ..announce(&file(10)) };
+    r.handle_control(t, &serde_json::to_vec(&Control::UploadStart(a)).unwrap());
+    assert!(matches!(r.poll(), Some(ReceiverAction::LookUp(Announce { processor: Some(_), .. }))));
+    r.failed(refused());
+    assert_eq!(sent_error(&mut r).as_deref(), Some("unknown_processor"));
+    assert!(r.is_failed());
+    // While receiving (a write that failed).
+    let mut r = Receiver::new(LIMITS, false, t);
+    assert!(r.handle_upload(t, true, &chunk(0, 3)).is_some());
+    r.failed(Fault::Storage("disk".into()));
+    assert_eq!(sent_error(&mut r).as_deref(), Some("storage_error"));
+    // Once done, nothing changes it.
+    let mut r = receiving(t, 1);
+    r.handle_upload(t, true, &chunk(0, 1));
+    r.stored("k".into(), "s".into());
+    while r.poll().is_some() {}
+    r.failed(refused());
+    assert!(r.is_done() && r.poll().is_none());
 }
