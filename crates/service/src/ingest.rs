@@ -78,6 +78,29 @@ fn record_name(key: &str) -> String {
     format!("ingests/{}", hex::encode(&Sha256::digest(key.as_bytes())[..16]))
 }
 
+/// What a resume key names: the session, the unit its stream came in (`align`), and the most
+/// the stream can be (an open-ended session does not say).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct IngestRecord {
+    upload_id: String,
+    align: u64,
+    max_size: u64,
+}
+
+/// What an open ingest holds, for a stream that comes back before it says what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestHeld {
+    pub upload_id: String,
+    /// What the stream was opened as: its name and processor.
+    pub name: String,
+    pub processor: Option<String>,
+    /// The most the stream can be, and the unit it came in.
+    pub max_size: u64,
+    pub align: u64,
+    /// Byte ranges `[start, end)` stored, in order.
+    pub stored: Vec<(u64, u64)>,
+}
+
 impl Service {
     /// Opens an ingest: resumes the open session the plan's resume key names, if it is for the
     /// same object, or opens a new one.
@@ -94,20 +117,26 @@ impl Service {
         let align = plan.align.max(1);
         let part_size = default.div_ceil(align) * align;
         let exact = plan.min_size == max_size;
+        // A stream known within one unit (a data channel's frames: all but the last chunk's
+        // length) has as many parts whatever it turns out to be: it is planned at the most it
+        // can be, so a processor can run on each part as it comes, and the last part takes the
+        // real size when the stream ends.
+        let planned = exact || (plan.request.processor.is_some() && max_size - plan.min_size < align);
         if let Some(key) = &plan.resume_key
             && let Some(ingest) = self.resume(key, &plan, part_size).await?
         {
             return Ok(ingest);
         }
-        let layout = if exact {
+        let layout = if planned {
             Layout::Planned(PartPlan::new(max_size, Some(part_size), &limits)?)
         } else {
             Layout::Even(part_size)
         };
         let session = self.open(plan.request, layout).await?;
         if let Some(key) = &plan.resume_key {
-            let id = session.upload_id.clone().into_bytes();
-            self.store.put_record(&record_name(key), id, Condition::Any).await?;
+            let record = IngestRecord { upload_id: session.upload_id.clone(), align, max_size };
+            let bytes = serde_json::to_vec(&record).map_err(|e| ServiceError::bug(e.to_string()))?;
+            self.store.put_record(&record_name(key), bytes, Condition::Any).await?;
         }
         Ok(Ingest {
             service: Arc::clone(self),
@@ -130,13 +159,7 @@ impl Service {
         plan: &IngestPlan,
         part_size: u64,
     ) -> Result<Option<Ingest>, ServiceError> {
-        let Some(record) = self.store.get_record(&record_name(key)).await? else { return Ok(None) };
-        let upload_id = String::from_utf8_lossy(&record.bytes).into_owned();
-        let session = match self.load(&upload_id).await {
-            Ok((s, _)) => s,
-            Err(ServiceError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
+        let Some((session, _)) = self.ingest_session(key).await? else { return Ok(None) };
         let exact = plan.min_size == plan.request.size;
         let same = session.state_at(self.clock.now()) == UploadState::Uploading
             && session.name == plan.request.name
@@ -162,6 +185,55 @@ impl Service {
             next: 0,
             current: None,
             ahead: BTreeMap::new(),
+        }))
+    }
+}
+
+impl Service {
+    /// The session `key` names and its record, if it is there.
+    async fn ingest_session(&self, key: &str) -> Result<Option<(Session, IngestRecord)>, ServiceError> {
+        let Some(record) = self.store.get_record(&record_name(key)).await? else { return Ok(None) };
+        let record = match serde_json::from_slice::<IngestRecord>(&record.bytes) {
+            Ok(r) => r,
+            // Records written before the unit and size were kept hold the bare upload id.
+            Err(_) => {
+                IngestRecord { upload_id: String::from_utf8_lossy(&record.bytes).into_owned(), align: 1, max_size: 0 }
+            }
+        };
+        match self.load(&record.upload_id).await {
+            Ok((s, _)) => Ok(Some((s, record))),
+            Err(ServiceError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What the open ingest `key` names holds; `None` if there is none (never opened, finished,
+    /// cancelled or expired).
+    pub async fn ingest_held(&self, key: &str) -> Result<Option<IngestHeld>, ServiceError> {
+        let Some((session, record)) = self.ingest_session(key).await? else { return Ok(None) };
+        if session.state_at(self.clock.now()) != UploadState::Uploading {
+            return Ok(None);
+        }
+        let max_size = record.max_size.max(session.size);
+        let parts = match self.store.list_parts(&session.multipart()).await {
+            Ok(parts) => parts,
+            Err(ferry_store::StoreError::NoSuchUpload) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let stored = parts
+            .iter()
+            .map(|p| {
+                let start = u64::from(p.part_number - 1) * session.part_size;
+                (start, (start + session.part_size).min(max_size))
+            })
+            .collect();
+        Ok(Some(IngestHeld {
+            upload_id: session.upload_id.clone(),
+            name: session.name.clone(),
+            processor: session.processor.clone(),
+            max_size,
+            align: record.align,
+            stored,
         }))
     }
 }
@@ -313,6 +385,9 @@ impl Ingest {
                 return Err(Invalid::Stream(format!("part {n} was cut short")).into());
             }
             let n = *n;
+            if !self.session.open_ended && size != self.session.size {
+                self.session = self.service.settle_size(&self.session.upload_id, size).await?;
+            }
             self.end_part(n).await?;
         }
         if size == 0 && self.stored.is_empty() {

@@ -71,7 +71,7 @@ pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use config::ServiceConfig;
 pub use error::{Invalid, NotFound, Refused, ServiceError};
 pub use follow::Follow;
-pub use ingest::{Ingest, IngestPlan};
+pub use ingest::{Ingest, IngestHeld, IngestPlan};
 pub use metrics::Metrics;
 pub use objects::KEY_SEGMENT;
 pub use session::Session;

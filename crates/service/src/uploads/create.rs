@@ -57,6 +57,18 @@ impl Service {
     }
 
     /// Validates a create request and opens the session, laid out as `layout` says.
+    /// What kind of processor `name` is, if this service has it.
+    pub fn check_processor(&self, name: &str) -> Result<ProcessorKind, ServiceError> {
+        match self.config.processors.get(name) {
+            Some(spec) => Ok(spec.kind),
+            None => {
+                let known: Vec<&str> = self.config.processors.keys().map(String::as_str).collect();
+                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                Err(Invalid::UnknownProcessor { name: name.to_owned(), known }.into())
+            }
+        }
+    }
+
     pub(crate) async fn open(self: &Arc<Self>, req: CreateUpload, layout: Layout) -> Result<Session, ServiceError> {
         let plan = match layout {
             Layout::Planned(plan) => Some(plan),
@@ -69,17 +81,7 @@ impl Service {
         if req.sha256.as_deref().is_some_and(|sha| !is_sha256_hex(sha)) {
             return Err(Invalid::Sha256.into());
         }
-        let processor_kind = match &req.processor {
-            None => None,
-            Some(p) => match self.config.processors.get(p) {
-                Some(spec) => Some(spec.kind),
-                None => {
-                    let known: Vec<&str> = self.config.processors.keys().map(String::as_str).collect();
-                    let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
-                    return Err(Invalid::UnknownProcessor { name: p.clone(), known }.into());
-                }
-            },
-        };
+        let processor_kind = req.processor.as_deref().map(|p| self.check_processor(p)).transpose()?;
         let webhook_url =
             req.webhook_url.as_deref().map(|u| webhooks::check_url(&self.config.webhooks, u)).transpose()?;
         let meta_bytes: usize = req.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();

@@ -24,15 +24,15 @@ mod pipeline;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use ferry_core::api::PartUrl;
-use ferry_core::plan::PartSpan;
+use ferry_core::api::{PartUrl, UploadState};
+use ferry_core::plan::{PartPlan, PartSpan};
 use ferry_core::sign::{Scope, Signer};
 use ferry_store::{Condition, Store};
 use tokio::sync::{Mutex as AsyncMutex, OwnedSemaphorePermit, RwLock, Semaphore};
 
 use crate::clock::Clock;
 use crate::config::ServiceConfig;
-use crate::error::{NotFound, ServiceError};
+use crate::error::{Invalid, NotFound, ServiceError};
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::processing::Runner;
@@ -157,6 +157,30 @@ impl Service {
     async fn save(&self, session: &Session, condition: Condition) -> Result<String, ServiceError> {
         let bytes = serde_json::to_vec(session).map_err(|e| ServiceError::bug(e.to_string()))?;
         Ok(self.store.put_record(&record_name(&session.upload_id), bytes, condition).await?)
+    }
+
+    /// A stream planned at the most it could be has ended at `size`: its session takes that
+    /// size, with the same parts but a shorter last one. Refused if the part count would change.
+    pub(crate) async fn settle_size(&self, upload_id: &str, size: u64) -> Result<Session, ServiceError> {
+        let locks = self.locks(upload_id);
+        let _ops = locks.ops.lock().await;
+        let (mut session, version) = self.load(upload_id).await?;
+        if session.size == size {
+            return Ok(session);
+        }
+        if session.state != UploadState::Uploading
+            || size > session.size
+            || PartPlan::from_parts(size, session.part_size, session.part_count).is_none()
+        {
+            return Err(Invalid::Stream(format!(
+                "a stream of {} bytes in {} parts cannot end at {size}",
+                session.size, session.part_count
+            ))
+            .into());
+        }
+        session.size = size;
+        self.save(&session, Condition::IfMatch(version)).await?;
+        Ok(session)
     }
 
     /// Where the client sends a part: straight to the store when it gives such URLs, else this
