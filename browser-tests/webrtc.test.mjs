@@ -1,10 +1,12 @@
 // Chromium and ferry over WebRTC data channels, on loopback: a page sends a file to `ferry serve`
-// (POST /v1/rtc/offer) in seed 004's framing, and a page receives one from `ferry send` through
-// the signaling room, speaking the control-channel protocol.
+// (POST /v1/rtc/offer) in seed 004's framing; a page on another origin names a processor and
+// hears its results while it uploads; and a page receives a file from `ferry send` through the
+// signaling room, speaking the control-channel protocol.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
+import { createServer } from "node:http";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 
@@ -106,6 +108,99 @@ test("a Chromium page uploads to ferry serve in seed 004's framing; empty, 1-byt
     const stored = await fetch(`${server.url}/v1/objects/${result.stored.key}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
     assert.deepEqual(Buffer.from(await stored.arrayBuffer()), bytes);
   } finally {
+    await server.stop();
+  }
+});
+
+/** A blank page on an origin of its own on loopback, so every call to ferry is cross-origin. */
+async function otherOrigin() {
+  const http = createServer((req, res) => res.writeHead(200, { "content-type": "text/html" }).end("<!doctype html>"));
+  await new Promise((r) => http.listen(0, "127.0.0.1", r));
+  return { origin: `http://127.0.0.1:${http.address().port}`, close: () => http.close() };
+}
+
+test("a Chromium page on another origin names a processor in its offer (CORS) and hears each part's result while it uploads", async () => {
+  const app = await otherOrigin();
+  const server = await startServer(["--cors-origin", app.origin, "--part-processor", "count=wc -c"]);
+  try {
+    const page = await chrome.newPage();
+    await page.goto(`${app.origin}/`);
+    const result = await page.evaluate(async ({ token, ferry }) => {
+      await navigator.mediaDevices.getUserMedia({ audio: true }).then((s) => s.getTracks().forEach((t) => t.stop()));
+      const size = 24 * 1024 * 1024 + 4321;
+      const data = new Uint8Array(size);
+      for (let i = 0; i < size; i += 65536) crypto.getRandomValues(data.subarray(i, Math.min(size, i + 65536)));
+      const sha256 = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", data)), (b) => b.toString(16).padStart(2, "0")).join("");
+      const pc = new RTCPeerConnection({ iceServers: [] });
+      const inference = pc.createDataChannel("inference");
+      const ch = pc.createDataChannel("video_upload");
+      ch.binaryType = "arraybuffer";
+      ch.bufferedAmountLowThreshold = 512 * 1024;
+      const texts = (channel) => {
+        const seen = [];
+        let wake = () => {};
+        channel.onmessage = (e) => { if (typeof e.data === "string") { seen.push(JSON.parse(e.data)); wake(); } };
+        return {
+          seen,
+          until: (what, check) => new Promise((resolve, reject) => {
+            const timer = setTimeout(() => reject(new Error(`no ${what} within 60 s: ${JSON.stringify(seen)}`)), 60000);
+            wake = () => { const found = seen.find(check); if (found) { clearTimeout(timer); resolve(found); } };
+            wake();
+          }),
+        };
+      };
+      const results = texts(inference);
+      const answers = texts(ch);
+      await pc.setLocalDescription(await pc.createOffer());
+      await new Promise((r) => {
+        if (pc.iceGatheringState === "complete") r();
+        pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r();
+      });
+      const res = await fetch(`${ferry}/v1/rtc/offer?processor=count&name=clips/chromium.bin`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ type: pc.localDescription.type, sdp: pc.localDescription.sdp }),
+      });
+      if (!res.ok) return { refused: res.status, body: await res.text() };
+      await pc.setRemoteDescription(await res.json());
+      await new Promise((r) => (ch.readyState === "open" ? r() : (ch.onopen = r)));
+      const CHUNK = 48 * 1024;
+      const total = Math.ceil(size / CHUNK);
+      let heardAt = null;
+      for (let i = 0; i < total; i++) {
+        // Past the first part (8 MiB): hear its result before sending the rest.
+        if (i * CHUNK >= 9 * 1024 * 1024 && heardAt === null) {
+          await results.until("the first part's result", (m) => m.type === "part_processed");
+          heardAt = i;
+        }
+        while (ch.bufferedAmount > 1024 * 1024) {
+          await new Promise((r) => { ch.onbufferedamountlow = r; setTimeout(r, 5); });
+        }
+        const payload = data.subarray(i * CHUNK, (i + 1) * CHUNK);
+        const msg = new Uint8Array(8 + payload.length);
+        const view = new DataView(msg.buffer);
+        view.setUint32(0, i, true);
+        view.setUint32(4, total, true);
+        msg.set(payload, 8);
+        ch.send(msg);
+      }
+      const stored = await answers.until("complete", (m) => m.type === "complete" || m.type === "error");
+      await results.until("the final result", (m) => m.type === "final_result");
+      pc.close();
+      return { stored, results: results.seen, heardAt, total, size, sha256 };
+    }, { token: TOKEN, ferry: server.url });
+    assert.equal(result.stored?.type, "complete", JSON.stringify(result));
+    assert.equal(result.stored.key, "clips/chromium.bin");
+    assert.equal(result.stored.sha256, result.sha256);
+    assert.ok(result.heardAt < result.total, "a part's result came while the upload ran");
+    const counts = result.results.filter((m) => m.type === "part_processed").map((m) => Number(m.result.trim()));
+    assert.equal(counts.reduce((a, b) => a + b, 0), result.size, `every byte went to the processor once: ${counts}`);
+    assert.equal(result.results.at(-1).type, "final_result");
+    assert.equal(result.results.at(-1).status, "completed");
+    const stored = await fetch(`${server.url}/v1/objects/clips/chromium.bin`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+    assert.equal(createHash("sha256").update(Buffer.from(await stored.arrayBuffer())).digest("hex"), result.sha256);
+  } finally {
+    app.close();
     await server.stop();
   }
 });

@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, UNIX_EPOCH};
 
-use ferry_core::frames::{DEFAULT_CHUNK, HEADER_LEN, ReceiveLimits, chunk_count, header};
+use ferry_core::frames::{DEFAULT_CHUNK, HEADER_LEN, Ranges, ReceiveLimits, chunk_count, header};
 use ferry_core::transfer::{Announce, Control, Fault, Receiver, ReceiverAction, Sender, SenderAction};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -145,6 +145,7 @@ pub async fn send_file(
         chunk_size,
         total_chunks: total,
         sha256: Some(sha256.clone()),
+        processor: None,
     };
     let mut machine = Sender::new(announce.clone(), Instant::now());
     let file = std::sync::Arc::new(file);
@@ -252,13 +253,41 @@ pub struct Lingering {
 /// Receives one transfer from `upload` (and `control`, when the peer has one) into `sink`, and
 /// tells the peer how it went.
 pub async fn receive<S: Sink>(
-    mut control: Option<&mut DataChannel>,
+    control: Option<&mut DataChannel>,
     upload: &mut DataChannel,
     sink: &mut S,
     limits: ReceiveLimits,
+    on_event: impl FnMut(ReceiveEvent),
+) -> Result<(Received, Lingering), TransferError> {
+    let machine = Receiver::new(limits, control.is_some(), Instant::now());
+    drive(machine, control, upload, sink, on_event).await
+}
+
+/// Receives the rest of a transfer from a peer without a control channel whose earlier
+/// connection left `held` of `total_chunks` chunks of `chunk_size` in `sink`: the peer is told
+/// what is held (`resume_state` under `transfer_id`, as text on `upload`) first.
+#[allow(clippy::too_many_arguments)]
+pub async fn receive_rest<S: Sink>(
+    upload: &mut DataChannel,
+    sink: &mut S,
+    limits: ReceiveLimits,
+    transfer_id: String,
+    total_chunks: u32,
+    chunk_size: u32,
+    held: Ranges,
+    on_event: impl FnMut(ReceiveEvent),
+) -> Result<(Received, Lingering), TransferError> {
+    let machine = Receiver::resumed(limits, transfer_id, total_chunks, chunk_size, held, Instant::now());
+    drive(machine, None, upload, sink, on_event).await
+}
+
+async fn drive<S: Sink>(
+    mut machine: Receiver,
+    mut control: Option<&mut DataChannel>,
+    upload: &mut DataChannel,
+    sink: &mut S,
     mut on_event: impl FnMut(ReceiveEvent),
 ) -> Result<(Received, Lingering), TransferError> {
-    let mut machine = Receiver::new(limits, control.is_some(), Instant::now());
     let reply = control.as_deref().map_or_else(|| upload.sender(), DataChannel::sender);
     let echo = upload.sender();
     let mut stored: Option<(String, u64, String)> = None;

@@ -5,16 +5,28 @@
 //! peer opens carries one file, with the `control` channel beside it when the peer has one; the
 //! file is written into the store as it arrives, as an ordinary upload session
 //! ([`ferry_service::Service::ingest`]), and the peer is told its key (or why not).
+//!
+//! A transfer may name a processor (`processor` in `upload_start`, or [`OfferOptions`] for a peer
+//! without a control channel); its results (`part_processed`, `partial_result`, `final_result`,
+//! `failed`, as the event stream shows them) go back to the peer as they come, as JSON text on
+//! the `control` channel, or on seed 004's `inference` channel when the peer opened one.
+//!
+//! A peer without a control channel can come back: its offer's answer carries a `resume` token,
+//! and an offer made again with it (in the same room, or again over HTTP) carries on the same
+//! upload; the peer is first told the chunks held (`resume_state`, text on the upload channel).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::api::CreateUpload;
+use ferry_core::events::UploadEvent;
 use ferry_core::frames::{Ranges, ReceiveLimits};
 use ferry_core::transfer::{Announce, Fault, Placement};
-use ferry_rtc::transfer::{CONTROL_LABEL, Sink, Stored, TransferError, UPLOAD_LABELS, clean_name, receive};
-use ferry_rtc::{DataChannel, Description, Peer, PeerConfig, PeerEvent, RemoteCandidates};
-use ferry_service::{Ingest, IngestPlan, Service, ServiceError};
+use ferry_rtc::transfer::{
+    CONTROL_LABEL, Sink, Stored, TransferError, UPLOAD_LABELS, clean_name, receive, receive_rest,
+};
+use ferry_rtc::{ChannelSender, DataChannel, Description, Peer, PeerConfig, PeerEvent, RemoteCandidates};
+use ferry_service::{Ingest, IngestHeld, IngestPlan, Service, ServiceError};
 use ferry_store::StoreError;
 
 use crate::AppState;
@@ -22,12 +34,38 @@ use crate::error::ApiError;
 
 /// How long a connected peer may go without opening a channel.
 const IDLE: Duration = Duration::from_secs(120);
+/// Seed 004's channel for results.
+const INFERENCE_LABEL: &str = "inference";
 
-/// Answers `offer` and serves the peer; returns the answer and where its trickled candidates go.
+/// What an offer may ask for the uploads of a peer without a control channel (the query of
+/// `POST /v1/rtc/offer`, or fields beside a signalled offer).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub(crate) struct OfferOptions {
+    /// The object's name (default: `rtc/upload-frames-TOKEN.bin`).
+    pub name: Option<String>,
+    /// A processor this server was configured with.
+    pub processor: Option<String>,
+    /// The token of an earlier connection's upload, to carry it on.
+    pub resume: Option<String>,
+}
+
+/// The answer to an offer, and what the peer needs to know beside it.
+pub(crate) struct Accepted {
+    pub answer: Description,
+    pub candidates: RemoteCandidates,
+    /// Names this peer's first upload without a control channel, to resume it.
+    pub resume: String,
+}
+
+/// Answers `offer` and serves the peer. `scope` is where it came from (`api`, or a room):
+/// uploads begun in one scope cannot be resumed from another.
 pub(crate) async fn accept_offer(
     state: Arc<AppState>,
     offer: Description,
-) -> Result<(Description, RemoteCandidates), ApiError> {
+    options: OfferOptions,
+    scope: &str,
+) -> Result<Accepted, ApiError> {
+    let plan = FramesPlan::check(&state, options, scope).await?;
     let config = PeerConfig {
         bind: state.config.rtc_bind,
         ice_servers: state.config.ice_servers.clone(),
@@ -37,13 +75,89 @@ pub(crate) async fn accept_offer(
     };
     let (peer, answer) = Peer::answer(&config, &offer).await?;
     let candidates = peer.remote_candidates();
-    tokio::spawn(serve_peer(state, peer));
-    Ok((answer, candidates))
+    let resume = plan.token.clone();
+    tokio::spawn(serve_peer(state, peer, plan, scope.to_owned()));
+    Ok(Accepted { answer, candidates, resume })
 }
 
-async fn serve_peer(state: Arc<AppState>, mut peer: Peer) {
+/// How the uploads of a peer without a control channel are stored.
+#[derive(Clone)]
+struct FramesPlan {
+    token: String,
+    key: String,
+    processor: Option<String>,
+    resume_key: String,
+    /// What the earlier connection left, when the offer resumes one.
+    held: Option<IngestHeld>,
+}
+
+impl FramesPlan {
+    async fn check(state: &AppState, options: OfferOptions, scope: &str) -> Result<FramesPlan, ApiError> {
+        if let Some(p) = &options.processor {
+            state.service.check_processor(p)?;
+        }
+        let token = match &options.resume {
+            Some(t) if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) => t.to_ascii_lowercase(),
+            Some(_) => return Err(ApiError::bad_request("invalid_resume", "resume is the token of an earlier answer")),
+            None => unique(16),
+        };
+        let mut key = match &options.name {
+            Some(name) => ferry_core::key::normalize_key(name)?,
+            None => format!("rtc/upload-frames-{token}.bin"),
+        };
+        let mut processor = options.processor;
+        let resume_key = format!("rtc-frames/{scope}/{token}");
+        let held = match options.resume {
+            None => None,
+            Some(_) => match state.service.ingest_held(&resume_key).await? {
+                Some(held) if u32::try_from(held.align).is_ok() && held.align > 0 => {
+                    // Carried on as it began: a name or processor given again must be the same.
+                    if options.name.is_some_and(|_| key != held.name)
+                        || processor.as_ref().is_some_and(|p| Some(p) != held.processor.as_ref())
+                    {
+                        return Err(ApiError::conflict(
+                            "resume_mismatch",
+                            format!("that upload is {:?} with processor {:?}", held.name, held.processor),
+                        ));
+                    }
+                    key.clone_from(&held.name);
+                    processor.clone_from(&held.processor);
+                    Some(held)
+                }
+                _ => {
+                    return Err(ApiError::not_found(
+                        "resume_not_found",
+                        "nothing here to resume under that token (finished, expired, or begun elsewhere)",
+                    ));
+                }
+            },
+        };
+        Ok(FramesPlan { token, key, processor, resume_key, held })
+    }
+}
+
+/// Where a peer's results go: its control channel, or the `inference` channel it opens.
+#[derive(Clone)]
+enum Results {
+    Control(ChannelSender),
+    Inference(Arc<Mutex<Option<ChannelSender>>>),
+}
+
+impl Results {
+    fn sender(&self) -> Option<ChannelSender> {
+        match self {
+            Results::Control(tx) => Some(tx.clone()),
+            Results::Inference(slot) => slot.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+}
+
+async fn serve_peer(state: Arc<AppState>, mut peer: Peer, plan: FramesPlan, scope: String) {
     let mut control: Option<DataChannel> = None;
     let mut held: Option<PeerEvent> = None;
+    let inference = Arc::new(Mutex::new(None));
+    // The offer's plan is for its first upload without a control channel; others get their own.
+    let mut plan = Some(plan);
     loop {
         let event = match held.take() {
             Some(e) => Ok(Some(e)),
@@ -54,6 +168,14 @@ async fn serve_peer(state: Arc<AppState>, mut peer: Peer) {
         };
         match event {
             Ok(Some(PeerEvent::Channel(c))) if c.label() == CONTROL_LABEL => control = Some(c),
+            Ok(Some(PeerEvent::Channel(c))) if c.label() == INFERENCE_LABEL => {
+                *inference.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.sender());
+                // Its messages are the peer's own business; they are read and let go.
+                tokio::spawn(async move {
+                    let mut c = c;
+                    while c.recv().await.is_some() {}
+                });
+            }
             Ok(Some(PeerEvent::Channel(c))) if UPLOAD_LABELS.contains(&c.label()) => {
                 // A control channel opens with its upload channel: give it a moment.
                 if control.is_none()
@@ -64,22 +186,101 @@ async fn serve_peer(state: Arc<AppState>, mut peer: Peer) {
                         other => held = Some(other),
                     }
                 }
-                tokio::spawn(receive_one(Arc::clone(&state), control.take(), c));
+                let control = control.take();
+                let results = match &control {
+                    Some(c) => Results::Control(c.sender()),
+                    None => Results::Inference(Arc::clone(&inference)),
+                };
+                let frames = match (&control, plan.take()) {
+                    (None, Some(p)) => p,
+                    (_, p) => {
+                        plan = p;
+                        fresh_plan(&scope)
+                    }
+                };
+                let sink = StoreSink {
+                    service: Arc::clone(&state.service),
+                    ingest: None,
+                    scope: scope.clone(),
+                    frames,
+                    results: None,
+                };
+                tokio::spawn(receive_one(Arc::clone(&state), control, c, sink, results));
             }
-            // Channels for other purposes (seed 004's `inference`) are not ferry's business.
             Ok(Some(PeerEvent::Channel(_) | PeerEvent::Connected)) => {}
             Ok(Some(PeerEvent::Disconnected) | None) | Err(_) => return,
         }
     }
 }
 
-async fn receive_one(state: Arc<AppState>, mut control: Option<DataChannel>, mut upload: DataChannel) {
+/// The plan of an upload nobody asked anything of.
+fn fresh_plan(scope: &str) -> FramesPlan {
+    let token = unique(16);
+    FramesPlan {
+        key: format!("rtc/upload-frames-{token}.bin"),
+        resume_key: format!("rtc-frames/{scope}/{token}"),
+        token,
+        processor: None,
+        held: None,
+    }
+}
+
+async fn receive_one(
+    state: Arc<AppState>,
+    mut control: Option<DataChannel>,
+    mut upload: DataChannel,
+    mut sink: StoreSink,
+    results: Results,
+) {
     let limits = ReceiveLimits { max_size: state.config.max_object_size, ..ReceiveLimits::default() };
-    let mut sink = StoreSink { service: Arc::clone(&state.service), ingest: None };
-    match receive(control.as_mut(), &mut upload, &mut sink, limits, |_| {}).await {
+    let (tx, started) = tokio::sync::oneshot::channel();
+    sink.results = Some((results, tx));
+    tokio::spawn(forward_results(Arc::clone(&state), started));
+    let outcome = match (control.as_mut(), sink.frames.held.clone()) {
+        (None, Some(held)) => {
+            let chunk = u32::try_from(held.align).unwrap_or(u32::MAX);
+            let total = u32::try_from(held.max_size.div_ceil(held.align)).unwrap_or(u32::MAX);
+            let mut chunks = Ranges::default();
+            for (start, end) in &held.stored {
+                (start / held.align..end.div_ceil(held.align)).for_each(|i| {
+                    chunks.insert(u32::try_from(i).unwrap_or(u32::MAX));
+                });
+            }
+            let token = sink.frames.token.clone();
+            receive_rest(&mut upload, &mut sink, limits, token, total, chunk, chunks, |_| {}).await
+        }
+        (control, _) => receive(control, &mut upload, &mut sink, limits, |_| {}).await,
+    };
+    match outcome {
         // The transfer is over: keepalives are still echoed, anything else is an error.
         Ok((_, lingering)) => lingering.until_closed(&mut upload).await,
         Err(e) => tracing::info!(error = %e, "a data-channel upload failed"),
+    }
+}
+
+/// Sends a processed upload's results to the peer as its event log records them, from the
+/// upload the ingest names once it starts, until the last result or until the peer is gone.
+async fn forward_results(state: Arc<AppState>, started: tokio::sync::oneshot::Receiver<(String, Results)>) {
+    let Ok((upload_id, results)) = started.await else { return };
+    let mut follow = match state.service.follow(&upload_id, 0, state.shutdown.clone()).await {
+        Ok(f) => f,
+        Err(e) => return tracing::debug!(upload_id, error = %e, "cannot follow an upload's results"),
+    };
+    while let Some(record) = follow.next().await {
+        if !matches!(
+            record.event,
+            UploadEvent::PartProcessed { .. }
+                | UploadEvent::PartialResult { .. }
+                | UploadEvent::FinalResult(_)
+                | UploadEvent::Failed { .. }
+        ) {
+            continue;
+        }
+        let Some(tx) = results.sender() else { continue };
+        let Ok(text) = serde_json::to_vec(&*record) else { continue };
+        if tx.send(false, text).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -87,14 +288,22 @@ async fn receive_one(state: Arc<AppState>, mut control: Option<DataChannel>, mut
 struct StoreSink {
     service: Arc<Service>,
     ingest: Option<Ingest>,
+    scope: String,
+    frames: FramesPlan,
+    /// Where results go, and who to tell the upload's id once it starts with a processor.
+    results: Option<(Results, tokio::sync::oneshot::Sender<(String, Results)>)>,
 }
 
-/// A sender's name as a key: its own when the key rules take it, else a safe one under `rtc/`.
-fn key_for(name: &str) -> String {
-    ferry_core::key::normalize_key(name).unwrap_or_else(|_| format!("rtc/{}", clean_name(name)))
+impl StoreSink {
+    fn started(&mut self, ingest: Ingest, processor: bool) {
+        if processor && let Some((results, tx)) = self.results.take() {
+            let _ = tx.send((ingest.upload_id().to_owned(), results));
+        }
+        self.ingest = Some(ingest);
+    }
 }
 
-fn request(name: String, size: u64, sha256: Option<String>) -> CreateUpload {
+fn request(name: String, size: u64, sha256: Option<String>, processor: Option<String>) -> CreateUpload {
     CreateUpload {
         name,
         size,
@@ -102,38 +311,47 @@ fn request(name: String, size: u64, sha256: Option<String>) -> CreateUpload {
         sha256,
         content_type: None,
         metadata: Default::default(),
-        processor: None,
+        processor,
         webhook_url: None,
     }
 }
 
+/// What the peer is told when the service will not take its transfer, with the code the HTTP
+/// API would answer; the store's own failures stay storage errors.
 fn fault(e: ServiceError) -> TransferError {
     let fault = match e {
         ServiceError::Store(StoreError::ChecksumMismatch { expected, actual }) => Fault::Checksum { expected, actual },
-        e => Fault::Storage(e.to_string()),
+        e => {
+            let api = ApiError::from(e);
+            if api.status.is_client_error() {
+                Fault::Refused { code: api.code.to_owned(), message: api.message }
+            } else {
+                Fault::Storage(api.message)
+            }
+        }
     };
     TransferError::Fault(fault)
 }
 
 impl Sink for StoreSink {
     async fn held(&mut self, a: &Announce) -> Result<Ranges, TransferError> {
+        let name = ferry_core::key::normalize_key(&a.name).unwrap_or_else(|_| format!("rtc/{}", clean_name(&a.name)));
         let plan = IngestPlan {
-            request: request(key_for(&a.name), a.size, a.sha256.clone()),
+            request: request(name, a.size, a.sha256.clone(), a.processor.clone()),
             min_size: a.size,
             align: u64::from(a.chunk_size),
-            resume_key: Some(format!("rtc/{}", a.transfer_id)),
+            resume_key: Some(format!("rtc/{}/{}", self.scope, a.transfer_id)),
         };
         let ingest = self.service.ingest(plan).await.map_err(fault)?;
         // Parts hold whole chunks, so what is stored is whole chunks.
         let chunk = u64::from(a.chunk_size.max(1));
         let mut held = Ranges::default();
         for (start, end) in ingest.stored_ranges() {
-            let (first, last) = (start / chunk, end.div_ceil(chunk));
-            for i in first..last.min(u64::from(a.total_chunks)) {
+            for i in start / chunk..end.div_ceil(chunk).min(u64::from(a.total_chunks)) {
                 held.insert(u32::try_from(i).unwrap_or(u32::MAX));
             }
         }
-        self.ingest = Some(ingest);
+        self.started(ingest, a.processor.is_some());
         Ok(held)
     }
 
@@ -146,9 +364,16 @@ impl Sink for StoreSink {
             } else {
                 ((total - 1) * chunk + 1, total * chunk)
             };
-            let name = format!("rtc/upload-frames-{}.bin", unique());
-            let plan = IngestPlan { request: request(name, max, None), min_size: min, align: chunk, resume_key: None };
-            self.ingest = Some(self.service.ingest(plan).await.map_err(fault)?);
+            let f = &self.frames;
+            let plan = IngestPlan {
+                request: request(f.key.clone(), max, None, f.processor.clone()),
+                min_size: min,
+                align: chunk,
+                resume_key: Some(f.resume_key.clone()),
+            };
+            let processor = f.processor.is_some();
+            let ingest = self.service.ingest(plan).await.map_err(fault)?;
+            self.started(ingest, processor);
         }
         let Some(ingest) = self.ingest.as_mut() else { return Ok(()) };
         ingest.write(at.offset, payload).await.map_err(fault)
@@ -176,8 +401,8 @@ impl Sink for StoreSink {
     }
 }
 
-fn unique() -> String {
-    let mut b = [0u8; 8];
+fn unique(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
     let _ = getrandom::fill(&mut b);
     hex::encode(b)
 }

@@ -190,7 +190,7 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
                 }
                 match serde_json::from_str::<Inbound>(&text) {
                     Ok(Inbound::Signal { to, data }) if to == SERVER_PEER => {
-                        let reply = to_server(&st, joined.is_some(), &mut server_peer, data).await;
+                        let reply = to_server(&st, joined.as_ref().map(|(room, _)| room.as_str()), &mut server_peer, data).await;
                         if let Some(m) = reply {
                             hub.deliver((conn, m));
                         }
@@ -219,16 +219,18 @@ async fn serve(st: Arc<AppState>, socket: WebSocket) {
 }
 
 /// A `signal` for the server itself: an offer is answered (the server becomes a receiving peer,
-/// [`crate::rtc`]); candidates trickled after it are added. Returns what to tell the sender.
+/// [`crate::rtc`]; `name`, `processor` and `resume` beside the offer are as in `POST
+/// /v1/rtc/offer`'s query, and the answer carries `resume`); candidates trickled after it are
+/// added. Returns what to tell the sender.
 async fn to_server(
     st: &Arc<AppState>,
-    joined: bool,
+    room: Option<&str>,
     peer: &mut ServerPeer,
     data: serde_json::Value,
 ) -> Option<Outbound> {
-    if !joined {
+    let Some(room) = room else {
         return Some(Refusal::NotJoined.outbound());
-    }
+    };
     if let Some(candidate) = candidate_in(&data) {
         let Some(candidates) = peer.as_ref() else {
             return Some(Outbound::error("invalid_signal", "a candidate before any offer"));
@@ -242,6 +244,12 @@ async fn to_server(
             }
         };
     }
+    let options = match serde_json::from_value::<crate::rtc::OfferOptions>(data.clone()) {
+        Ok(o) => o,
+        Err(e) => {
+            return Some(Outbound::error("invalid_signal", format!("name, processor and resume are strings: {e}")));
+        }
+    };
     let offer = match serde_json::from_value::<ferry_rtc::Description>(data) {
         Ok(d) if d.kind == "offer" => d,
         _ => {
@@ -251,10 +259,11 @@ async fn to_server(
             ));
         }
     };
-    match crate::rtc::accept_offer(Arc::clone(st), offer).await {
-        Ok((answer, candidates)) => {
-            *peer = Some(candidates);
-            let data = serde_json::to_value(&answer).unwrap_or_default();
+    match crate::rtc::accept_offer(Arc::clone(st), offer, options, &format!("room/{room}")).await {
+        Ok(accepted) => {
+            *peer = Some(accepted.candidates);
+            let answer = accepted.answer;
+            let data = serde_json::json!({ "type": answer.kind, "sdp": answer.sdp, "resume": accepted.resume });
             Some(Outbound::Signal { from: SERVER_PEER.to_owned(), data })
         }
         Err(e) => Some(Outbound::error(e.code, e.message)),
