@@ -59,6 +59,15 @@ def ferry_pair(work, size_mib, room, extra=()):
     return seconds, rss(send.stderr), rss(recv_err)
 
 
+async def send_zeros(ch, total):
+    """Sends `total` seed-004 frames of zeros on aiortc channel `ch`, pausing above 1 MiB buffered."""
+    payload = bytes(CHUNK)
+    for i in range(total):
+        while ch.bufferedAmount > 1024 * 1024:
+            await asyncio.sleep(0.001)
+        ch.send(struct.pack("<II", i, total) + payload)
+
+
 async def aiortc_pair(size_mib):
     import aioice.ice
     from aiortc import RTCConfiguration, RTCPeerConnection
@@ -88,12 +97,8 @@ async def aiortc_pair(size_mib):
     ch.on("open", opened.set)
     if ch.readyState != "open":
         await opened.wait()
-    payload = bytes(CHUNK)
     t0 = time.monotonic()
-    for i in range(total):
-        while ch.bufferedAmount > 1024 * 1024:
-            await asyncio.sleep(0.001)
-        ch.send(struct.pack("<II", i, total) + payload)
+    await send_zeros(ch, total)
     await done.wait()
     seconds = time.monotonic() - t0
     await a.close()

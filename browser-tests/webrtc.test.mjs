@@ -28,9 +28,12 @@ after(async () => {
   await chrome?.close();
 });
 
+const IN_PAGE = join(ROOT, "browser-tests", "in-page.js");
+
 /** A page on ferry's own origin, with the media permission that unlocks host candidates. */
 async function ferryPage(server) {
   const page = await chrome.newPage();
+  await page.addInitScript({ path: IN_PAGE });
   await page.goto(server.url + "/");
   await page.evaluate(async () => {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
@@ -66,10 +69,7 @@ test("a Chromium page uploads to ferry serve in seed 004's framing; empty, 1-byt
       // An empty ArrayBuffer, one zero byte, one 0xff byte: all keepalives, echoed unchanged.
       const keepalives = () => [new ArrayBuffer(0), new Uint8Array([0]), new Uint8Array([0xff])].forEach((k) => ch.send(k));
       await pc.setLocalDescription(await pc.createOffer());
-      await new Promise((r) => {
-        if (pc.iceGatheringState === "complete") r();
-        pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r();
-      });
+      await ferryPeer.gathered(pc);
       const res = await fetch("/v1/rtc/offer", {
         method: "POST",
         headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
@@ -80,20 +80,9 @@ test("a Chromium page uploads to ferry serve in seed 004's framing; empty, 1-byt
       const CHUNK = 48 * 1024;
       const total = Math.ceil(data.length / CHUNK);
       keepalives();
-      for (let i = 0; i < total; i++) {
+      await ferryPeer.sendFrames(ch, total, (i) => data.subarray(i * CHUNK, (i + 1) * CHUNK), async (i) => {
         if (i === Math.floor(total / 2)) keepalives();
-        // The event can fire before the handler is set: look again every few milliseconds too.
-        while (ch.bufferedAmount > 1024 * 1024) {
-          await new Promise((r) => { ch.onbufferedamountlow = r; setTimeout(r, 5); });
-        }
-        const payload = data.subarray(i * CHUNK, (i + 1) * CHUNK);
-        const msg = new Uint8Array(8 + payload.length);
-        const view = new DataView(msg.buffer);
-        view.setUint32(0, i, true);
-        view.setUint32(4, total, true);
-        msg.set(payload, 8);
-        ch.send(msg);
-      }
+      });
       const stored = await Promise.race([answer, new Promise((r) => setTimeout(() => r({ timedOut: true, echoes }), 30000))]);
       await until("echoes of the keepalives sent before and during", () => echoes.length >= 6);
       keepalives();
@@ -124,6 +113,7 @@ test("a Chromium page on another origin names a processor in its offer (CORS) an
   const server = await startServer(["--cors-origin", app.origin, "--part-processor", "count=wc -c"]);
   try {
     const page = await chrome.newPage();
+    await page.addInitScript({ path: IN_PAGE });
     await page.goto(`${app.origin}/`);
     const result = await page.evaluate(async ({ token, ferry }) => {
       await navigator.mediaDevices.getUserMedia({ audio: true }).then((s) => s.getTracks().forEach((t) => t.stop()));
@@ -152,10 +142,7 @@ test("a Chromium page on another origin names a processor in its offer (CORS) an
       const results = texts(inference);
       const answers = texts(ch);
       await pc.setLocalDescription(await pc.createOffer());
-      await new Promise((r) => {
-        if (pc.iceGatheringState === "complete") r();
-        pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r();
-      });
+      await ferryPeer.gathered(pc);
       const res = await fetch(`${ferry}/v1/rtc/offer?processor=count&name=clips/chromium.bin`, {
         method: "POST",
         headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
@@ -167,23 +154,13 @@ test("a Chromium page on another origin names a processor in its offer (CORS) an
       const CHUNK = 48 * 1024;
       const total = Math.ceil(size / CHUNK);
       let heardAt = null;
-      for (let i = 0; i < total; i++) {
+      await ferryPeer.sendFrames(ch, total, (i) => data.subarray(i * CHUNK, (i + 1) * CHUNK), async (i) => {
         // Past the first part (8 MiB): hear its result before sending the rest.
         if (i * CHUNK >= 9 * 1024 * 1024 && heardAt === null) {
           await results.until("the first part's result", (m) => m.type === "part_processed");
           heardAt = i;
         }
-        while (ch.bufferedAmount > 1024 * 1024) {
-          await new Promise((r) => { ch.onbufferedamountlow = r; setTimeout(r, 5); });
-        }
-        const payload = data.subarray(i * CHUNK, (i + 1) * CHUNK);
-        const msg = new Uint8Array(8 + payload.length);
-        const view = new DataView(msg.buffer);
-        view.setUint32(0, i, true);
-        view.setUint32(4, total, true);
-        msg.set(payload, 8);
-        ch.send(msg);
-      }
+      });
       const stored = await answers.until("complete", (m) => m.type === "complete" || m.type === "error");
       await results.until("the final result", (m) => m.type === "final_result");
       pc.close();

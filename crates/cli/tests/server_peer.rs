@@ -104,33 +104,19 @@ async fn ferry_serve_stores_a_file_sent_with_a_control_channel() {
     assert_eq!(got.as_ref(), &bytes[..]);
     let listed: Value = srv.get("/uploads?state=completed").await.json().await.unwrap();
     assert_eq!(listed["uploads"][0]["key"], "peer/notes.bin", "stored through an ordinary upload session");
-    // Offers that are not offers are refused.
-    let res = srv
-        .http
-        .post(srv.api("/rtc/offer"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"type": "answer", "sdp": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 400, "invalid_offer").await;
-    let res = srv
-        .http
-        .post(srv.api("/rtc/offer"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"type": "offer", "sdp": "v=0 garbage"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 400, "invalid_offer").await;
-    let res = srv
-        .http
-        .post(srv.api("/rtc/offer"))
-        .json(&serde_json::json!({"type": "offer", "sdp": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 401, "unauthorized").await;
+    // Offers that are not offers are refused, and so is an offer without the token.
+    let cases = [
+        (Some(TOKEN), serde_json::json!({"type": "answer", "sdp": "x"}), 400, "invalid_offer"),
+        (Some(TOKEN), serde_json::json!({"type": "offer", "sdp": "v=0 garbage"}), 400, "invalid_offer"),
+        (None, serde_json::json!({"type": "offer", "sdp": "x"}), 401, "unauthorized"),
+    ];
+    for (token, body, status, code) in cases {
+        let mut req = srv.http.post(srv.api("/rtc/offer")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        assert_error(req.send().await.unwrap(), status, code).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
