@@ -182,6 +182,13 @@ impl Server {
             shutdown.await;
             streams.cancel();
         };
+        // Event streams and signaling write small messages one after another: with Nagle's
+        // algorithm each one after the first waited for the client's delayed ACK (40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
         background.abort();
         self.state.service.stop_processing();
