@@ -134,9 +134,17 @@ pub async fn suite(mut instances: Vec<Instance>) {
     // A wake-up from one instance reaches the others.
     if n > 1 {
         let mut wakes = instances[0].bus.wakes();
-        instances[1].bus.wake("u-123").await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), wakes.recv()).await.expect("a wake-up within 5 s");
-        assert_eq!(got.unwrap(), "u-123");
+        instances[1].bus.wake("u-123", None).await.unwrap();
+        instances[1].bus.wake("u-124", Some(r#"[{"id":1,"type":"cancelled"}]"#)).await.unwrap();
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), wakes.recv()).await.expect("a wake-up within 5 s").unwrap()
+        };
+        assert_eq!(next().await, crate::Wake { upload_id: "u-123".into(), news: None });
+        let news = next().await;
+        assert_eq!(
+            (news.upload_id.as_str(), news.news.as_deref()),
+            ("u-124", Some(r#"[{"id":1,"type":"cancelled"}]"#))
+        );
     }
     // A lease is one instance's until it is released or lapses.
     let (first, second) = (&instances[0].bus, &instances[n - 1].bus);

@@ -81,11 +81,12 @@ pub trait Bus: Send + Sync + 'static {
     /// `message` from `from` (connected here as `conn`) to peer `to` of `room`.
     async fn send(&self, conn: Conn, room: &str, from: &str, to: &str, message: &Outbound) -> Result<(), BusError>;
 
-    /// Tells every instance that `upload_id` has new events.
-    async fn wake(&self, upload_id: &str) -> Result<(), BusError>;
+    /// Tells every instance that `upload_id` has new events, and what they are when `news` is
+    /// given (the appended records' JSON), so that their streams need not read the store.
+    async fn wake(&self, upload_id: &str, news: Option<&str>) -> Result<(), BusError>;
 
-    /// Upload ids other instances sent [`Bus::wake`] for.
-    fn wakes(&self) -> broadcast::Receiver<String>;
+    /// What other instances sent [`Bus::wake`] for.
+    fn wakes(&self) -> broadcast::Receiver<Wake>;
 
     /// Takes the lease `name` for this instance for at most `ttl` (so it lapses if the holder
     /// dies): whether it got it. A lease held already, by any instance, is not given until it is
@@ -100,6 +101,14 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Its counters.
     fn metrics(&self) -> &BusMetrics;
+}
+
+/// Another instance appended to an upload's event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wake {
+    pub upload_id: String,
+    /// What it appended (JSON), when it said.
+    pub news: Option<std::sync::Arc<str>>,
 }
 
 /// Counters every bus keeps, exported with the server's metrics.

@@ -8,14 +8,14 @@ use async_trait::async_trait;
 use ferry_core::signal::{Conn, Delivery, Outbound, Role, Rooms};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::{Bus, BusError, BusMetrics, Inbox};
+use crate::{Bus, BusError, BusMetrics, Inbox, Wake};
 
 pub struct LocalBus {
     rooms: Mutex<Rooms>,
     /// Leases held, until when.
     leases: Mutex<HashMap<String, Instant>>,
     deliveries: mpsc::UnboundedSender<Delivery>,
-    wakes: broadcast::Sender<String>,
+    wakes: broadcast::Sender<Wake>,
     metrics: BusMetrics,
 }
 
@@ -63,12 +63,12 @@ impl Bus for LocalBus {
         self.with_rooms(|r| Ok(vec![r.relay(conn, to, |_| message.clone())?]))
     }
 
-    async fn wake(&self, _upload_id: &str) -> Result<(), BusError> {
+    async fn wake(&self, _upload_id: &str, _news: Option<&str>) -> Result<(), BusError> {
         // No other instance: this one's streams are woken by its own event log.
         Ok(())
     }
 
-    fn wakes(&self) -> broadcast::Receiver<String> {
+    fn wakes(&self) -> broadcast::Receiver<Wake> {
         self.wakes.subscribe()
     }
 

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_bus::{Bus, BusError, BusMetrics, Inbox};
+use ferry_bus::{Bus, BusError, BusMetrics, Inbox, Wake};
 use ferry_core::signal::{Conn, Delivery, Outbound, Refusal, Role};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind, Value};
@@ -60,7 +60,7 @@ pub struct RedisBus {
     held: Mutex<HashMap<Conn, Held>>,
     /// Leaves that failed while Redis was away, retried on the next beat.
     unleft: Mutex<Vec<(Conn, String, String)>>,
-    wakes: broadcast::Sender<String>,
+    wakes: broadcast::Sender<Wake>,
     metrics: BusMetrics,
     /// Set when the connection broke: the next beat puts this instance's peers back.
     broke: Arc<std::sync::atomic::AtomicBool>,
@@ -95,7 +95,11 @@ impl RedisBus {
     ) -> Result<(Arc<RedisBus>, Inbox), BusError> {
         let info = url.into_connection_info().map_err(unavailable)?;
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(unavailable)?;
+        // Deliveries are small and go one after another: with Nagle's algorithm each waited for
+        // the last one's ACK, delayed by up to 40 ms.
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let info = info.set_redis_settings(settings).set_tcp_settings(tcp);
+        let client = redis::Client::open(info).map_err(unavailable)?;
         let mut bytes = [0u8; 6];
         getrandom::fill(&mut bytes).map_err(|e| BusError::Unavailable(format!("no randomness: {e}")))?;
         let instance = hex::encode(bytes);
@@ -251,7 +255,7 @@ struct Pushes {
     own_channel: String,
     instance: String,
     deliveries: mpsc::UnboundedSender<Delivery>,
-    wakes: broadcast::Sender<String>,
+    wakes: broadcast::Sender<Wake>,
     metrics: BusMetrics,
     broke: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -276,10 +280,15 @@ impl Pushes {
                 }
                 Err(e) => tracing::warn!(error = %e, "an undecodable delivery on the bus"),
             }
-        } else if let Some((from, upload_id)) = std::str::from_utf8(payload).ok().and_then(|p| p.split_once('|'))
+        } else if let Some((from, rest)) = std::str::from_utf8(payload).ok().and_then(|p| p.split_once('|'))
             && from != self.instance
         {
-            let _ = self.wakes.send(upload_id.to_owned());
+            // `FROM|UPLOAD_ID`, or `FROM|UPLOAD_ID|NEWS`.
+            let (upload_id, news) = match rest.split_once('|') {
+                Some((id, news)) => (id, Some(Arc::from(news))),
+                None => (rest, None),
+            };
+            let _ = self.wakes.send(Wake { upload_id: upload_id.to_owned(), news });
         }
     }
 }
@@ -335,10 +344,14 @@ impl Bus for RedisBus {
         }
     }
 
-    async fn wake(&self, upload_id: &str) -> Result<(), BusError> {
+    async fn wake(&self, upload_id: &str, news: Option<&str>) -> Result<(), BusError> {
+        let message = match news {
+            Some(news) => format!("{}|{upload_id}|{news}", self.instance),
+            None => format!("{}|{upload_id}", self.instance),
+        };
         let _: i64 = redis::cmd("PUBLISH")
             .arg(format!("{PREFIX}wake"))
-            .arg(format!("{}|{upload_id}", self.instance))
+            .arg(message)
             .query_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
@@ -346,7 +359,7 @@ impl Bus for RedisBus {
         Ok(())
     }
 
-    fn wakes(&self) -> broadcast::Receiver<String> {
+    fn wakes(&self) -> broadcast::Receiver<Wake> {
         self.wakes.subscribe()
     }
 

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use ferry_bus::Bus;
+use ferry_bus::{Bus, Wake};
 use ferry_core::events::{EventRecord, ProcessorKind, Tally, UploadEvent};
 use ferry_store::{Condition, Store, StoreError};
 use tokio::sync::{Mutex as AsyncMutex, broadcast};
@@ -27,6 +27,9 @@ pub struct LogSpec<'a> {
     pub part_count: u32,
     pub processor: Option<ProcessorKind>,
 }
+
+/// The largest batch of records sent to other instances with its wake-up.
+const MAX_NEWS: usize = 16 * 1024;
 
 struct Log {
     tally: AsyncMutex<Option<Tally>>,
@@ -124,6 +127,7 @@ impl Events {
                 batch.push(record);
             }
             let bytes = serde_json::to_vec(&batch).map_err(|e| ServiceError::bug(e.to_string()))?;
+            let news = (bytes.len() <= MAX_NEWS).then(|| String::from_utf8_lossy(&bytes).into_owned());
             match self.store.put_record(&batch_name(spec.upload_id, first), bytes, Condition::IfAbsent).await {
                 Ok(_) => {
                     *guard = Some(tally);
@@ -132,11 +136,12 @@ impl Events {
                         // No receivers is fine: nobody is watching.
                         let _ = log.tx.send(Arc::clone(r));
                     }
-                    // Other instances' streams read the log when woken. Not awaited: an upload
+                    // Other instances' streams are told what was appended (a batch too large to
+                    // carry, only that there is news: they read the log). Not awaited: an upload
                     // does not wait for (or fail with) the bus.
                     let (bus, upload_id) = (Arc::clone(&self.bus), spec.upload_id.to_owned());
                     tokio::spawn(async move {
-                        if let Err(e) = bus.wake(&upload_id).await {
+                        if let Err(e) = bus.wake(&upload_id, news.as_deref()).await {
                             tracing::debug!(upload_id, error = %e, "could not wake other instances' event streams");
                         }
                     });
@@ -190,8 +195,8 @@ impl Events {
         self.log(upload_id).tx.subscribe()
     }
 
-    /// Upload ids other instances appended events to, from now on.
-    pub fn remote_appends(&self) -> broadcast::Receiver<String> {
+    /// What other instances appended events to, from now on.
+    pub fn remote_appends(&self) -> broadcast::Receiver<Wake> {
         self.bus.wakes()
     }
 }

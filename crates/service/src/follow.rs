@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_bus::Wake;
 use ferry_core::events::{EventRecord, ProcessorKind, ends_stream};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
@@ -25,8 +26,8 @@ pub struct Follow {
     last: u64,
     pending: VecDeque<Arc<EventRecord>>,
     rx: broadcast::Receiver<Arc<EventRecord>>,
-    /// Upload ids other instances appended to (`None` once the bus is gone).
-    remote: Option<broadcast::Receiver<String>>,
+    /// What other instances appended to (`None` once the bus is gone).
+    remote: Option<broadcast::Receiver<Wake>>,
     done: bool,
     shutdown: CancellationToken,
 }
@@ -92,7 +93,18 @@ impl Follow {
                     Err(RecvError::Closed) => return None,
                 },
                 woken = async { Some(remote.as_mut()?.recv().await) }, if remote.is_some() => match woken {
-                    Some(Ok(id)) => id == self.upload_id,
+                    Some(Ok(wake)) if wake.upload_id == self.upload_id => {
+                        // The next ones in order, as the other instance appended them: no need to
+                        // read the log. Anything else (a gap, no news): read it.
+                        match wake.news.as_deref().and_then(|n| serde_json::from_str::<Vec<EventRecord>>(n).ok()) {
+                            Some(batch) if batch.first().is_some_and(|r| r.id == self.last + 1) => {
+                                self.pending.extend(batch.into_iter().map(Arc::new));
+                                false
+                            }
+                            _ => true,
+                        }
+                    }
+                    Some(Ok(_)) => false,
                     Some(Err(RecvError::Lagged(_))) => true,
                     // The bus is gone: polling from now on.
                     _ => {
