@@ -208,6 +208,35 @@ async fn read(mux: std::sync::Weak<UdpMux>, socket: Arc<UdpSocket>) {
     }
 }
 
+/// Where a peer's datagrams go in and out: its own socket, or its share of a [`UdpMux`].
+pub(crate) enum Port {
+    Own(UdpSocket),
+    Shared(Link),
+}
+
+impl Port {
+    pub(crate) async fn send_to(&mut self, datagram: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        match self {
+            Port::Own(s) => s.send_to(datagram, to).await,
+            Port::Shared(l) => l.send_to(datagram, to).await,
+        }
+    }
+
+    pub(crate) async fn recv_from(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match self {
+            Port::Own(s) => s.recv_from(buf).await,
+            Port::Shared(l) => l.recv_from(buf).await,
+        }
+    }
+
+    pub(crate) fn try_recv_from(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match self {
+            Port::Own(s) => s.try_recv_from(buf),
+            Port::Shared(l) => l.try_recv_from(buf),
+        }
+    }
+}
+
 /// One peer's use of a [`UdpMux`]: what arrives for it, and sending from the shared socket.
 pub(crate) struct Link {
     mux: Arc<UdpMux>,

@@ -22,7 +22,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
 use crate::ice_server::IceServer;
-use crate::mux::{Link, UdpMux};
+use crate::mux::{Port, UdpMux};
 use crate::relay::{Outbox, Relay};
 use std::sync::Arc;
 use tokio::net::UdpSocket;
@@ -84,35 +84,6 @@ impl Default for PeerConfig {
             relay_only: false,
             public_ip: None,
             mux: None,
-        }
-    }
-}
-
-/// Where a peer's datagrams go in and out: its own socket, or its share of a [`UdpMux`].
-enum Port {
-    Own(UdpSocket),
-    Shared(Link),
-}
-
-impl Port {
-    async fn send_to(&mut self, datagram: &[u8], to: SocketAddr) -> std::io::Result<usize> {
-        match self {
-            Port::Own(s) => s.send_to(datagram, to).await,
-            Port::Shared(l) => l.send_to(datagram, to).await,
-        }
-    }
-
-    async fn recv_from(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-        match self {
-            Port::Own(s) => s.recv_from(buf).await,
-            Port::Shared(l) => l.recv_from(buf).await,
-        }
-    }
-
-    fn try_recv_from(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-        match self {
-            Port::Own(s) => s.try_recv_from(buf),
-            Port::Shared(l) => l.try_recv_from(buf),
         }
     }
 }
