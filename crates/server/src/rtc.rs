@@ -86,7 +86,8 @@ struct FramesPlan {
     token: String,
     key: String,
     processor: Option<String>,
-    resume_key: String,
+    /// Names the upload for a peer that comes back with the token (`None`: no token was given).
+    resume_key: Option<String>,
     /// What the earlier connection left, when the offer resumes one.
     held: Option<IngestHeld>,
 }
@@ -132,7 +133,7 @@ impl FramesPlan {
                 }
             },
         };
-        Ok(FramesPlan { token, key, processor, resume_key, held })
+        Ok(FramesPlan { token, key, processor, resume_key: Some(resume_key), held })
     }
 }
 
@@ -195,7 +196,7 @@ async fn serve_peer(state: Arc<AppState>, mut peer: Peer, plan: FramesPlan, scop
                     (None, Some(p)) => p,
                     (_, p) => {
                         plan = p;
-                        fresh_plan(&scope)
+                        fresh_plan()
                     }
                 };
                 let sink = StoreSink {
@@ -213,16 +214,11 @@ async fn serve_peer(state: Arc<AppState>, mut peer: Peer, plan: FramesPlan, scop
     }
 }
 
-/// The plan of an upload nobody asked anything of.
-fn fresh_plan(scope: &str) -> FramesPlan {
+/// The plan of a peer's second (or later) upload without a control channel: no token was
+/// handed out for it, so it cannot be resumed.
+fn fresh_plan() -> FramesPlan {
     let token = unique(16);
-    FramesPlan {
-        key: format!("rtc/upload-frames-{token}.bin"),
-        resume_key: format!("rtc-frames/{scope}/{token}"),
-        token,
-        processor: None,
-        held: None,
-    }
+    FramesPlan { key: format!("rtc/upload-frames-{token}.bin"), resume_key: None, token, processor: None, held: None }
 }
 
 async fn receive_one(
@@ -369,7 +365,7 @@ impl Sink for StoreSink {
                 request: request(f.key.clone(), max, None, f.processor.clone()),
                 min_size: min,
                 align: chunk,
-                resume_key: Some(f.resume_key.clone()),
+                resume_key: f.resume_key.clone(),
             };
             let processor = f.processor.is_some();
             let ingest = self.service.ingest(plan).await.map_err(fault)?;
