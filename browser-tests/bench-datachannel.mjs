@@ -5,15 +5,10 @@ import { createServer } from "node:http";
 
 import { join } from "node:path";
 
-import { ROOT, browser } from "./support.mjs";
+import { LOOPBACK_FLAGS, ROOT, browser } from "./support.mjs";
 
 const MIB = Number(process.env.MIB || 256);
-const chrome = await browser([
-  "--allow-loopback-in-peer-connection",
-  "--disable-features=WebRtcHideLocalIpsWithMdns",
-  "--use-fake-ui-for-media-stream",
-  "--use-fake-device-for-media-stream",
-]);
+const chrome = await browser(LOOPBACK_FLAGS);
 // A loopback origin is a secure context, where getUserMedia (which unlocks host candidates) exists.
 const http = createServer((_, res) => res.writeHead(200, { "content-type": "text/html" }).end("<!doctype html>"));
 await new Promise((r) => http.listen(0, "127.0.0.1", r));

@@ -4,15 +4,10 @@
 // `complete` (stored and hashed). FERRY_URL and FERRY_TOKEN name the server.
 import { join } from "node:path";
 
-import { ROOT, browser } from "./support.mjs";
+import { LOOPBACK_FLAGS, ROOT, browser } from "./support.mjs";
 
 const MIB = Number(process.env.MIB || 256);
-const chrome = await browser([
-  "--allow-loopback-in-peer-connection",
-  "--disable-features=WebRtcHideLocalIpsWithMdns",
-  "--use-fake-ui-for-media-stream",
-  "--use-fake-device-for-media-stream",
-]);
+const chrome = await browser(LOOPBACK_FLAGS);
 const page = await chrome.newPage();
 await page.addInitScript({ path: join(ROOT, "browser-tests", "in-page.js") });
 await page.goto(`${process.env.FERRY_URL}/`);

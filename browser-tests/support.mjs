@@ -11,6 +11,13 @@ import { chromium } from "playwright-core";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const TOKEN = "browser-test-token";
+/** Chromium flags without which headless Chromium on a loopback-only network gathers no candidate. */
+export const LOOPBACK_FLAGS = [
+  "--allow-loopback-in-peer-connection",
+  "--disable-features=WebRtcHideLocalIpsWithMdns",
+  "--use-fake-ui-for-media-stream",
+  "--use-fake-device-for-media-stream",
+];
 export const ARTIFACTS = join(ROOT, "target", "browser-artifacts");
 
 /** Starts `ferry serve` with a temp data dir; resolves once it listens. */

@@ -10,19 +10,12 @@ import { createServer } from "node:http";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 
-import { ROOT, TOKEN, browser, startServer, tempDir } from "./support.mjs";
+import { LOOPBACK_FLAGS, ROOT, TOKEN, browser, startServer, tempDir } from "./support.mjs";
 
-// Without these, headless Chromium on a loopback-only network gathers no candidate.
-const LOOPBACK = [
-  "--allow-loopback-in-peer-connection",
-  "--disable-features=WebRtcHideLocalIpsWithMdns",
-  "--use-fake-ui-for-media-stream",
-  "--use-fake-device-for-media-stream",
-];
 
 let chrome;
 before(async () => {
-  chrome = await browser(LOOPBACK);
+  chrome = await browser(LOOPBACK_FLAGS);
 });
 after(async () => {
   await chrome?.close();
