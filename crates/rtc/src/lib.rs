@@ -46,7 +46,8 @@
 //!
 //! ## What it never does
 //! It knows nothing of HTTP, upload sessions or terminals. It binds the one address it is given
-//! (a wildcard would leave out loopback, where tests run), and never panics on a peer's input.
+//! and offers that address, or the public one it is told to announce (a wildcard bind offers
+//! nothing by itself, so it needs one), and never panics on a peer's input.
 
 pub mod connect;
 pub mod ice_server;
