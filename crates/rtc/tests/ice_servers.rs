@@ -18,30 +18,42 @@ impl Drop for Coturn {
     }
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A port free for UDP and TCP both: coturn listens on both at `--listening-port`.
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
-/// coturn on 127.0.0.1 with `mode` flags, once it answers STUN.
+/// coturn on 127.0.0.1 with `mode` flags, once it answers STUN. A port is only free until
+/// someone takes it: a coturn that exits or stays silent is started again on another.
 async fn coturn(mode: &[&str]) -> (Coturn, u16) {
-    let port = free_udp_port();
-    let child = Command::new("turnserver")
-        .args(["-n", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip=127.0.0.1"])
-        .arg(format!("--listening-port={port}"))
-        .args(mode)
-        .args(["--log-file=stdout", "--simple-log"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("coturn's turnserver is needed (scripts/test installs it)");
-    let guard = Coturn(child);
-    let server = IceServer::stun("127.0.0.1", port);
-    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reflexive_address(&probe, &server, Duration::from_millis(300)).await.is_none() {
-        assert!(Instant::now() < deadline, "coturn did not answer within 20 s");
+    for _ in 0..3 {
+        let port = free_port();
+        let child = Command::new("turnserver")
+            .args(["-n", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip=127.0.0.1"])
+            .arg(format!("--listening-port={port}"))
+            .args(mode)
+            .args(["--log-file=stdout", "--simple-log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("coturn's turnserver is needed (scripts/test installs it)");
+        let mut guard = Coturn(child);
+        let server = IceServer::stun("127.0.0.1", port);
+        let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && guard.0.try_wait().unwrap().is_none() {
+            if reflexive_address(&probe, &server, Duration::from_millis(300)).await.is_some() {
+                return (guard, port);
+            }
+        }
     }
-    (guard, port)
+    panic!("coturn did not answer on any of three ports");
 }
 
 /// coturn answering STUN only.
@@ -94,7 +106,7 @@ async fn a_stun_server_tells_a_socket_its_address_and_peers_still_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stun_server_that_does_not_answer_delays_but_does_not_stop_a_peer() {
     // A port nothing listens on: the requests go unanswered.
-    let server = IceServer::stun("127.0.0.1", free_udp_port());
+    let server = IceServer::stun("127.0.0.1", free_port());
     let config = PeerConfig { ice_servers: vec![server], ..PeerConfig::default() };
     let started = Instant::now();
     let (peer, offer) = Peer::offer(&config, &["upload"]).await.unwrap();
