@@ -236,12 +236,7 @@ async fn receive_one(
         (None, Some(held)) => {
             let chunk = u32::try_from(held.align).unwrap_or(u32::MAX);
             let total = u32::try_from(held.max_size.div_ceil(held.align)).unwrap_or(u32::MAX);
-            let mut chunks = Ranges::default();
-            for (start, end) in &held.stored {
-                (start / held.align..end.div_ceil(held.align)).for_each(|i| {
-                    chunks.insert(u32::try_from(i).unwrap_or(u32::MAX));
-                });
-            }
+            let chunks = chunks_in(&held.stored, held.align, total);
             let token = sink.frames.token.clone();
             receive_rest(&mut upload, &mut sink, limits, token, total, chunk, chunks, |_| {}).await
         }
@@ -339,14 +334,7 @@ impl Sink for StoreSink {
             resume_key: Some(format!("rtc/{}/{}", self.scope, a.transfer_id)),
         };
         let ingest = self.service.ingest(plan).await.map_err(fault)?;
-        // Parts hold whole chunks, so what is stored is whole chunks.
-        let chunk = u64::from(a.chunk_size.max(1));
-        let mut held = Ranges::default();
-        for (start, end) in ingest.stored_ranges() {
-            for i in start / chunk..end.div_ceil(chunk).min(u64::from(a.total_chunks)) {
-                held.insert(u32::try_from(i).unwrap_or(u32::MAX));
-            }
-        }
+        let held = chunks_in(&ingest.stored_ranges(), u64::from(a.chunk_size), a.total_chunks);
         self.started(ingest, a.processor.is_some());
         Ok(held)
     }
@@ -395,6 +383,19 @@ impl Sink for StoreSink {
             tracing::warn!(error = %e, "could not set aside an unfinished data-channel upload");
         }
     }
+}
+
+/// The chunks of `chunk` bytes (at most `total`) that the stored byte ranges hold: parts hold
+/// whole chunks, so what is stored is whole chunks.
+fn chunks_in(stored: &[(u64, u64)], chunk: u64, total: u32) -> Ranges {
+    let chunk = chunk.max(1);
+    let mut held = Ranges::default();
+    for (start, end) in stored {
+        for i in start / chunk..end.div_ceil(chunk).min(u64::from(total)) {
+            held.insert(u32::try_from(i).unwrap_or(u32::MAX));
+        }
+    }
+    held
 }
 
 fn unique(bytes: usize) -> String {
